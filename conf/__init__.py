@@ -1,0 +1,1 @@
+"""Holds default.toml, shipped as package data so an installed server finds its defaults."""

@@ -1,0 +1,242 @@
+"""The server process: config in, listeners up, routes registered, and a
+graceful shutdown on request.
+
+``run_server`` is what ``shopcast serve`` runs; tests start it in a nursery
+with ``await nursery.start(run_server, config)`` and get the bound ports.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+import shopcast
+from shopcast.server._certs import Certificate, CertificateStore
+from shopcast.server._config import Config
+from shopcast.server._http import serve_https
+from shopcast.server._log import get_logger
+from shopcast.server._metrics import CONTENT_TYPE, Registry
+from shopcast.server._quic import H3Request, H3Response, QuicEndpoint, bind_udp_sockets
+from shopcast.server._routing import HTTPError, Request, Response, Router
+from shopcast.server._tokens import ApiKey, Claims, TokenAuthority, TokenError, load_or_create_api_key
+
+__all__ = ["ServerApp", "Started", "resolve_addresses", "run_server"]
+
+log = get_logger("server")
+
+
+@dataclass(frozen=True)
+class Started:
+    """What ``run_server`` reports once it is really listening."""
+
+    app: "ServerApp"
+    port: int
+    """The TCP and UDP port (the same number for both)."""
+
+
+def resolve_addresses(host: str) -> list[str]:
+    """The addresses to bind for ``[server] host``.
+
+    "::" is one dual-stack socket; "localhost" is 127.0.0.1 and ::1; anything
+    else is what it resolves to (one address per family at most).
+    """
+    if host in ("::", "0.0.0.0"):
+        return [host]
+    if host == "localhost":
+        return ["127.0.0.1", "::1"]
+    seen: dict[int, str] = {}
+    for family, _, _, _, sockaddr in socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM):
+        seen.setdefault(family, sockaddr[0])
+    return list(seen.values())
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class ServerApp:
+    """Everything one server process holds: config, certificate, tokens,
+    metrics, the router and the QUIC endpoint."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.data_dir: Path = config.data_path
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        tls = config.tls
+        self.cert_store = CertificateStore(
+            self.data_dir, cert_file=tls.cert_file, key_file=tls.key_file,
+            names=config.server.public_names, validity_days=tls.self_signed_validity_days,
+            renew_before=dt.timedelta(hours=tls.renew_before_h))
+        self.certificate: Certificate = self.cert_store.load(_utcnow())
+        self.ssl_context = self.certificate.ssl_context()
+        api_key, self.api_key_created = load_or_create_api_key(
+            self.data_dir, config.tokens.api_key, config.tokens.api_secret)
+        self.api_key: ApiKey = api_key
+        self.tokens = TokenAuthority([api_key], leeway_s=config.tokens.leeway_s,
+                                     max_ttl_s=config.tokens.max_ttl_s)
+        self.metrics = Registry()
+        self.router = Router(metrics=self.metrics, cors_origins=config.http.cors_origins,
+                             latency_buckets_s=config.http.latency_buckets_s)
+        self.quic = QuicEndpoint(
+            quic_config=config.quic, webtransport_config=config.webtransport,
+            certificate=lambda: self.certificate, tokens=self.tokens,
+            http_handler=self._handle_h3, max_body_bytes=config.http.max_body_bytes)
+        self.port = config.server.port
+        self.public_host = (config.server.public_names or ("localhost",))[0]
+        self.stop_accepting = trio.Event()
+        self._register_metrics()
+        self._register_routes()
+
+    # --- identity -------------------------------------------------------------
+
+    @property
+    def webtransport_base_url(self) -> str:
+        return f"https://{self.public_host}:{self.port}"
+
+    def authorize(self, request: Request, *, roles: tuple[str, ...], room: str | None = None) -> Claims:
+        """The verified bearer token of ``request``, or HTTPError 401/403."""
+        header = request.header("authorization") or ""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPError(401, "missing_token", "an Authorization: Bearer token is required",
+                            "authorization")
+        try:
+            claims = self.tokens.verify_untrusted(token.strip(), now=time.time())
+        except TokenError as exc:
+            raise HTTPError(401, f"token_{exc.reason}", str(exc), "authorization") from None
+        if claims.role not in roles:
+            raise HTTPError(403, "forbidden", f"role {claims.role} may not do this; allowed: "
+                            + ", ".join(roles), "authorization")
+        if room is not None and not claims.allows_room(room):
+            raise HTTPError(403, "forbidden", f"token is not for room {room}", "authorization")
+        return claims
+
+    # --- routes -----------------------------------------------------------------
+
+    def _register_routes(self) -> None:
+        add = self.router.add
+        add("GET", "/healthz", self._healthz, "healthz")
+        add("GET", "/metrics", self._metrics_route, "metrics")
+        add("GET", "/api/v1/server", self._server_info, "server_info")
+
+    async def _healthz(self, request: Request) -> Response:
+        return Response.json({"status": "ok"})
+
+    async def _metrics_route(self, request: Request) -> Response:
+        return Response(200, [("content-type", CONTENT_TYPE)], self.metrics.render().encode())
+
+    async def _server_info(self, request: Request) -> Response:
+        cert = self.certificate
+        return Response.json({
+            "name": "shopcast",
+            "version": shopcast.__version__,
+            "webtransport_url": self.webtransport_base_url,
+            "certificate": {
+                "sha256": cert.sha256_hex,
+                "not_after": cert.not_after.isoformat(),
+                "self_signed": cert.self_signed,
+            },
+        })
+
+    async def _handle_h3(self, h3: H3Request) -> H3Response:
+        """HTTP/3 requests go through the same router as HTTP/1.1 and HTTP/2."""
+        path, _, query = h3.target.partition("?")
+        request = Request.from_parts(
+            method=h3.method, target=h3.target, headers=list(h3.headers), body=h3.body,
+            client=h3.remote_address, http_version="3")
+        response = await self.router.handle(request)
+        del path, query
+        return H3Response(response.status, tuple(response.headers), response.body)
+
+    # --- metrics ------------------------------------------------------------------
+
+    def _register_metrics(self) -> None:
+        stats = self.quic.stats
+        for name, attr, help_text in (
+            ("shopcast_quic_connections", "connections_open", "Open QUIC connections."),
+            ("shopcast_webtransport_sessions", "sessions_open", "Open WebTransport sessions."),
+        ):
+            self.metrics.gauge(name, help_text, callback=lambda a=attr: getattr(stats, a))
+        for name, attr, help_text in (
+            ("shopcast_quic_connections_total", "connections_total", "QUIC connections accepted."),
+            ("shopcast_quic_connections_refused_total", "connections_refused",
+             "New QUIC connections refused (limit reached or shutting down)."),
+            ("shopcast_webtransport_sessions_total", "sessions_total", "WebTransport sessions accepted."),
+            ("shopcast_webtransport_sessions_refused_total", "sessions_refused",
+             "WebTransport CONNECTs refused (unknown path, bad token, limits)."),
+            ("shopcast_quic_packets_in_total", "datagrams_in", "UDP datagrams received."),
+            ("shopcast_quic_packets_out_total", "datagrams_out", "UDP datagrams sent."),
+            ("shopcast_quic_bytes_in_total", "bytes_in", "UDP payload bytes received."),
+            ("shopcast_quic_bytes_out_total", "bytes_out", "UDP payload bytes sent."),
+            ("shopcast_quic_inbound_dropped_total", "inbound_dropped",
+             "Datagrams dropped because a connection's inbound queue was full."),
+            ("shopcast_quic_undecodable_dropped_total", "undecodable_dropped",
+             "Datagrams dropped as undecodable or unroutable."),
+        ):
+            self.metrics.counter_callback(name, help_text, callback=lambda a=attr: getattr(stats, a))
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def renew_certificate_forever(self) -> None:
+        """Replace a self-signed certificate before it expires; never returns."""
+        while True:
+            await trio.sleep(self.config.tls.renew_check_interval_s)
+            if self.cert_store.needs_renewal(self.certificate, _utcnow()):
+                self.certificate = self.cert_store.load(_utcnow())
+                self.ssl_context.load_cert_chain(self.certificate.cert_path, self.certificate.key_path)
+                log.info("certificate_renewed", sha256=self.certificate.sha256_hex,
+                         not_after=self.certificate.not_after.isoformat())
+
+
+async def run_server(config: Config, *, shutdown: trio.Event | None = None,
+                     task_status: trio.TaskStatus[Started] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the server until ``shutdown`` is set, then shut down gracefully.
+
+    Never returns unless ``shutdown`` is set or it is cancelled.
+
+    Resource handling: listening sockets, connections and sessions live in
+    this function's nursery. On shutdown it stops accepting, closes WebTransport
+    sessions and QUIC connections with a reason, lets HTTP requests in flight
+    finish, and cancels whatever remains after ``server.drain_timeout_s``.
+
+    Error handling: a port that cannot be bound raises OSError before
+    ``task_status.started``; errors of one connection never reach here.
+    """
+    from shopcast.codecs import warmup
+
+    app = ServerApp(config)
+    warmup_s = await trio.to_thread.run_sync(warmup)
+    log.info("kernels_ready", seconds=round(warmup_s, 3))
+    addresses = resolve_addresses(config.server.host)
+    # UDP first: with port 0 it picks the number, and TCP then takes the same
+    # one, so Alt-Svc can name it.
+    sockets = bind_udp_sockets(addresses, config.server.port, config.quic.socket_buffer_bytes)
+    port = app.port = sockets[0].getsockname()[1]
+    shutdown = shutdown or trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(app.quic.serve, sockets)
+        await nursery.start(functools.partial(
+            serve_https, config=config.http, addresses=addresses, port=port,
+            ssl_context=app.ssl_context, router=app.router, metrics=app.metrics,
+            alt_svc=f'h3=":{port}"; ma=86400',
+            certificate_sha256=((lambda: app.certificate.sha256_hex)
+                                if config.webtransport.serve_certificate_hash_over_http else None),
+            stop_accepting=app.stop_accepting))
+        nursery.start_soon(app.renew_certificate_forever)
+        log.info("listening", addresses=",".join(addresses), port=port,
+                 url=f"https://localhost:{port}/", certificate_sha256=app.certificate.sha256_hex)
+        task_status.started(Started(app, port))
+        await shutdown.wait()
+        log.info("shutting_down", drain_timeout_s=config.server.drain_timeout_s)
+        app.stop_accepting.set()
+        app.quic.close_all("server shutting down")
+        with trio.move_on_after(config.server.drain_timeout_s):
+            await app.quic.wait_all_closed()
+        nursery.cancel_scope.cancel()
+    log.info("stopped")

@@ -1,0 +1,208 @@
+"""The ``shopcast`` command line: serve, config, cert, token, bench.
+
+Exit status: 0 on success, 2 for a configuration or usage error (the message
+names the key or flag), 1 for anything else that stops a command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import signal
+import sys
+import time
+from typing import Any, Sequence
+
+import trio
+
+import shopcast
+from shopcast.server._config import Config, ConfigError, load_config, render_config
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, *, network: bool) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML file overriding conf/default.toml")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="where certificates, keys and data live (server.data_dir)")
+    if network:
+        parser.add_argument("--host", metavar="ADDR",
+                            help='address to listen on; "::" is every interface (server.host)')
+        parser.add_argument("--port", metavar="PORT", type=int,
+                            help="TCP and UDP port for HTTPS, HTTP/3 and WebTransport (server.port)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shopcast",
+        description="shopcast: a live-commerce media server (RTMP and WebTransport in, "
+                    "MoQ out, chat and Buy Now beside the video).")
+    parser.add_argument("--version", action="version", version=f"shopcast {shopcast.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server",
+                                description="Run the server until SIGINT or SIGTERM.")
+    _add_config_flags(serve, network=True)
+
+    config = commands.add_parser("config", help="print the effective configuration",
+                                 description="Print the configuration after every override, as TOML.")
+    _add_config_flags(config, network=True)
+
+    cert = commands.add_parser("cert", help="show the TLS certificate's SHA-256 and expiry",
+                               description="Show (making it if needed) the certificate the server uses.")
+    _add_config_flags(cert, network=False)
+
+    token = commands.add_parser("token", help="mint an access token",
+                                description="Mint an access token signed with the API key.")
+    _add_config_flags(token, network=False)
+    token.add_argument("--role", required=True, choices=("viewer", "host", "operator", "service"),
+                       help="what the token allows")
+    token.add_argument("--room", required=True, metavar="ID",
+                       help='the room it is for; "*" (operator and service only) for every room')
+    token.add_argument("--ttl", type=int, metavar="SECONDS",
+                       help="lifetime in seconds (default: tokens.default_ttl_s)")
+    token.add_argument("--subject", default="cli", metavar="NAME",
+                       help="who holds the token (default: cli)")
+
+    bench = commands.add_parser("bench", help="run the benchmark suite", add_help=False,
+                                description="Run the benchmark suite (see `shopcast bench --help`).")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    server: dict[str, Any] = {}
+    if getattr(args, "data_dir", None):
+        server["data_dir"] = args.data_dir
+    if getattr(args, "host", None):
+        server["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        server["port"] = args.port
+    return {"server": server} if server else {}
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, overrides=_overrides(args))
+
+
+def _cmd_serve(config: Config) -> int:
+    from shopcast.server._app import run_server
+    from shopcast.server._log import configure_logging
+
+    configure_logging(config.log.format, config.log.level)
+
+    async def serve() -> None:
+        shutdown = trio.Event()
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def watch_signals() -> None:
+                    async for _ in signals:
+                        if shutdown.is_set():
+                            # A second signal means now: skip the drain.
+                            nursery.cancel_scope.cancel()
+                            return
+                        shutdown.set()
+
+                async def run_then_stop(task_status: trio.TaskStatus[Any]) -> None:
+                    await run_server(config, shutdown=shutdown, task_status=task_status)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch_signals)
+                _print_banner(await nursery.start(run_then_stop))
+
+    trio.run(serve)
+    return 0
+
+
+def _print_banner(started: Any) -> None:
+    app = started.app
+    lines = [
+        f"shopcast {shopcast.__version__} is serving",
+        f"  web:          https://localhost:{started.port}/",
+        f"  health:       curl -k https://localhost:{started.port}/healthz",
+        f"  webtransport: {app.webtransport_base_url}",
+        f"  certificate:  sha256 {app.certificate.sha256_hex}"
+        f" (until {app.certificate.not_after:%Y-%m-%d %H:%M} UTC)",
+        f"  data:         {app.data_dir}",
+    ]
+    if app.api_key_created:
+        lines += [
+            "  A new API key was made (kept in the data directory; shown only now):",
+            f"    api_key    = {app.api_key.key_id}",
+            f"    api_secret = {app.api_key.secret}",
+        ]
+    print("\n".join(lines), flush=True)
+
+
+def _cmd_config(config: Config) -> int:
+    sys.stdout.write(render_config(config))
+    return 0
+
+
+def _cmd_cert(config: Config) -> int:
+    from shopcast.server._certs import CertificateStore
+
+    tls = config.tls
+    config.data_path.mkdir(parents=True, exist_ok=True)
+    store = CertificateStore(config.data_path, cert_file=tls.cert_file, key_file=tls.key_file,
+                             names=config.server.public_names,
+                             validity_days=tls.self_signed_validity_days,
+                             renew_before=dt.timedelta(hours=tls.renew_before_h))
+    cert = store.load(dt.datetime.now(dt.timezone.utc))
+    print(f"sha256      {cert.sha256_hex}")
+    print(f"not_before  {cert.not_before.isoformat()}")
+    print(f"not_after   {cert.not_after.isoformat()}")
+    print(f"self_signed {'yes' if cert.self_signed else 'no'}")
+    print(f"file        {cert.cert_path}")
+    return 0
+
+
+def _cmd_token(config: Config, args: argparse.Namespace) -> int:
+    from shopcast.server._tokens import TokenAuthority, load_or_create_api_key
+
+    key, created = load_or_create_api_key(config.data_path, config.tokens.api_key,
+                                          config.tokens.api_secret)
+    if created:
+        print(f"made a new API key {key.key_id} in {config.data_path}", file=sys.stderr)
+    authority = TokenAuthority([key], max_ttl_s=config.tokens.max_ttl_s)
+    ttl = args.ttl if args.ttl is not None else config.tokens.default_ttl_s
+    try:
+        token = authority.mint(subject=args.subject, role=args.role, room=args.room,
+                               ttl_s=ttl, now=time.time())
+    except ValueError as exc:
+        print(f"shopcast token: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(token)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``shopcast`` console script."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    if args.command == "bench":
+        from shopcast.bench import main as bench_main
+        return bench_main(list(args.bench_args))
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"shopcast: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "serve":
+        return _cmd_serve(config)
+    if args.command == "config":
+        return _cmd_config(config)
+    if args.command == "cert":
+        return _cmd_cert(config)
+    return _cmd_token(config, args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

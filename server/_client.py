@@ -1,0 +1,99 @@
+"""The client role of the QUIC endpoint: open a WebTransport session to a
+server, with the same session and stream objects the server hands its
+handlers. Tests, benchmarks and ``shopcast.client`` build on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import ssl
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+from urllib.parse import urlsplit
+
+import trio
+from aioquic.h3.connection import H3_ALPN
+from aioquic.quic.configuration import QuicConfiguration
+from cryptography.hazmat.primitives import serialization
+
+from shopcast.server._config import Config, load_config
+from shopcast.server._quic import QuicEndpoint
+from shopcast.server._webtransport import WebTransportSession
+
+__all__ = ["CertificateMismatch", "open_webtransport"]
+
+
+class CertificateMismatch(Exception):
+    """The server's certificate does not have the pinned SHA-256."""
+
+
+@asynccontextmanager
+async def open_webtransport(url: str, *, certificate_sha256: str | None = None,
+                            verify: bool = True, config: Config | None = None
+                            ) -> AsyncIterator[WebTransportSession]:
+    """Open a WebTransport session to ``url`` (https://host:port/path?query).
+
+    With ``certificate_sha256`` the server's certificate must have that
+    SHA-256 (as browsers' serverCertificateHashes check); with ``verify``
+    False nothing is checked (tests against a throwaway certificate).
+    Otherwise the system's trust store is used.
+
+    Raises SessionClosed if the server refuses the session (code = HTTP
+    status, reason = response body) and CertificateMismatch on a wrong pin.
+    """
+    config = config or load_config(environ={})
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"expected an https:// URL, got {url!r}")
+    port = parts.port or 443
+    family, _, _, _, addr = (await trio.socket.getaddrinfo(
+        parts.hostname, port, type=socket.SOCK_DGRAM))[0]
+    configuration = QuicConfiguration(
+        is_client=True, alpn_protocols=H3_ALPN, server_name=parts.hostname,
+        max_datagram_frame_size=config.quic.max_datagram_frame_size,
+        idle_timeout=config.quic.idle_timeout_s,
+        max_stream_data=config.webtransport.stream_buffer_bytes,
+        max_data=config.webtransport.stream_buffer_bytes * 16)
+    if certificate_sha256 is not None or not verify:
+        configuration.verify_mode = ssl.CERT_NONE
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+    sock.setblocking(False)
+    endpoint = QuicEndpoint(quic_config=config.quic, webtransport_config=config.webtransport,
+                            certificate=_no_certificate, tokens=None)  # type: ignore[arg-type]
+    endpoint.stop_accepting()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(endpoint.serve, [sock])
+        driver = endpoint.connect(sock, addr[:2] if family == socket.AF_INET else addr, configuration)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        authority = f"{parts.hostname}:{port}" if ":" not in parts.hostname \
+            else f"[{parts.hostname}]:{port}"
+        try:
+            session = await driver.connect_webtransport(authority, target)
+            if certificate_sha256 is not None:
+                _check_pin(driver.quic, certificate_sha256)
+            yield session
+        finally:
+            driver.close("client done")
+            with trio.move_on_after(1):
+                await driver.finished.wait()
+            nursery.cancel_scope.cancel()
+
+
+def _check_pin(connection, expected_hex: str) -> None:
+    # aioquic keeps the peer's certificate on its TLS context only.
+    cert = connection.tls._peer_certificate
+    der = cert.public_bytes(serialization.Encoding.DER)
+    actual = hashlib.sha256(der).hexdigest()
+    if actual != expected_hex.lower():
+        raise CertificateMismatch(f"server certificate sha256 {actual} != pinned {expected_hex}")
+
+
+def _no_certificate():  # pragma: no cover - the client endpoint never accepts
+    raise RuntimeError("a client endpoint has no certificate")
+
+
+

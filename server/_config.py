@@ -1,0 +1,361 @@
+"""Configuration: conf/default.toml, a --config file, environment overrides and
+CLI flags, merged and checked into frozen dataclasses.
+
+Every key's type comes from its dataclass field; ranges and allowed values come
+from the field's metadata (``min``, ``max``, ``choices``, ``unit``). The
+defaults live in conf/default.toml only, so there is one place to read them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+from shopcast.codecs._config import MediaConfig
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "default_config_text",
+    "load_config",
+    "render_config",
+]
+
+ENV_PREFIX = "SHOPCAST_"
+
+
+class ConfigError(Exception):
+    """A configuration value is unknown, of the wrong type or out of range.
+
+    ``key`` is the dotted path of the offending key (``quic.idle_timeout_s``);
+    ``source`` says where the value came from (a file, an environment variable
+    or a command-line flag). The CLI prints it and exits with status 2.
+    """
+
+    def __init__(self, key: str, message: str, source: str = "") -> None:
+        self.key = key
+        self.message = message
+        self.source = source
+        where = f" (from {source})" if source else ""
+        super().__init__(f"{key}: {message}{where}")
+
+
+def _spec(*, min: float | None = None, max: float | None = None,
+          choices: tuple[str, ...] | None = None, unit: str = "") -> Any:
+    """A required dataclass field with its allowed range; the value comes from the TOML."""
+    meta: dict[str, Any] = {"unit": unit}
+    if min is not None:
+        meta["min"] = min
+    if max is not None:
+        meta["max"] = max
+    if choices is not None:
+        meta["choices"] = choices
+    return field(metadata=meta)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """[server]: where the server listens and keeps its files."""
+
+    host: str = _spec()
+    port: int = _spec(min=0, max=65535)
+    data_dir: str = _spec()
+    public_names: tuple[str, ...] = _spec()
+    drain_timeout_s: float = _spec(min=0.0, max=600.0, unit="s")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """[log]: structured logging."""
+
+    format: str = _spec(choices=("kv", "json"))
+    level: str = _spec(choices=("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """[tls]: certificate from files, or a self-signed one made and renewed."""
+
+    cert_file: str = _spec()
+    key_file: str = _spec()
+    self_signed_validity_days: int = _spec(min=1, max=14, unit="days")
+    renew_before_h: int = _spec(min=1, max=240, unit="h")
+    renew_check_interval_s: float = _spec(min=1.0, max=86400.0, unit="s")
+
+
+@dataclass(frozen=True)
+class TokensConfig:
+    """[tokens]: the key that signs access tokens and their lifetimes."""
+
+    api_key: str = _spec()
+    api_secret: str = _spec()
+    default_ttl_s: int = _spec(min=1, max=31536000, unit="s")
+    max_ttl_s: int = _spec(min=1, max=31536000, unit="s")
+    leeway_s: int = _spec(min=0, max=3600, unit="s")
+
+
+@dataclass(frozen=True)
+class QuicConfig:
+    """[quic]: the QUIC endpoint's limits."""
+
+    max_connections: int = _spec(min=1, max=1_000_000, unit="count")
+    max_streams_bidi: int = _spec(min=1, max=1_000_000, unit="count")
+    max_streams_uni: int = _spec(min=3, max=1_000_000, unit="count")
+    idle_timeout_s: float = _spec(min=1.0, max=600.0, unit="s")
+    inbound_queue_packets: int = _spec(min=1, max=1_000_000, unit="packets")
+    max_datagram_frame_size: int = _spec(min=1200, max=65536, unit="bytes")
+    receive_batch_packets: int = _spec(min=1, max=4096, unit="packets")
+    socket_buffer_bytes: int = _spec(min=65536, max=1 << 30, unit="bytes")
+
+
+@dataclass(frozen=True)
+class WebTransportConfig:
+    """[webtransport]: sessions over HTTP/3."""
+
+    max_sessions_per_connection: int = _spec(min=1, max=1024, unit="count")
+    stream_buffer_bytes: int = _spec(min=4096, max=1 << 30, unit="bytes")
+    accept_queue_streams: int = _spec(min=1, max=100_000, unit="count")
+    datagram_queue: int = _spec(min=1, max=1_000_000, unit="count")
+    serve_certificate_hash_over_http: bool = _spec()
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """[http]: the HTTPS API's limits, timeouts and CORS."""
+
+    max_connections: int = _spec(min=1, max=1_000_000, unit="count")
+    max_body_bytes: int = _spec(min=0, max=1 << 31, unit="bytes")
+    max_header_bytes: int = _spec(min=1024, max=1 << 20, unit="bytes")
+    max_header_fields: int = _spec(min=1, max=10_000, unit="count")
+    header_timeout_s: float = _spec(min=0.1, max=600.0, unit="s")
+    body_timeout_s: float = _spec(min=0.1, max=3600.0, unit="s")
+    keepalive_timeout_s: float = _spec(min=0.1, max=3600.0, unit="s")
+    cors_origins: tuple[str, ...] = _spec()
+    static_max_age_s: int = _spec(min=0, max=31536000, unit="s")
+    h2_max_concurrent_streams: int = _spec(min=1, max=10_000, unit="count")
+    latency_buckets_s: tuple[float, ...] = _spec(unit="s")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; one attribute per TOML section."""
+
+    server: ServerConfig
+    log: LogConfig
+    tls: TlsConfig
+    tokens: TokensConfig
+    quic: QuicConfig
+    webtransport: WebTransportConfig
+    http: HttpConfig
+    media: MediaConfig
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as an absolute path."""
+        return Path(self.server.data_dir).expanduser().resolve()
+
+
+def default_config_text() -> str:
+    """The text of conf/default.toml as shipped with the package."""
+    return (resources.files("shopcast.conf") / "default.toml").read_text("utf-8")
+
+
+def _describe(meta: Mapping[str, Any], kind: str) -> str:
+    unit = f" {meta['unit']}" if meta.get("unit") else ""
+    if "choices" in meta:
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    if "min" in meta and "max" in meta:
+        return f"{kind} from {meta['min']} to {meta['max']}{unit}"
+    if "min" in meta:
+        return f"{kind} of at least {meta['min']}{unit}"
+    if "max" in meta:
+        return f"{kind} of at most {meta['max']}{unit}"
+    return kind
+
+
+def _check_scalar(value: Any, tp: Any, meta: Mapping[str, Any], key: str, source: str) -> Any:
+    """Type-check and range-check one value against its field type."""
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}", source)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected {_describe(meta, 'an integer')}, got {value!r}", source)
+        kind = "an integer"
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected {_describe(meta, 'a number')}, got {value!r}", source)
+        value = float(value)
+        kind = "a number"
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected {_describe(meta, 'a string')}, got {value!r}", source)
+        if "choices" in meta and value not in meta["choices"]:
+            raise ConfigError(key, f"expected {_describe(meta, 'a string')}, got {value!r}", source)
+        return value
+    else:  # pragma: no cover - a programming error in a dataclass, not user input
+        raise TypeError(f"unsupported config field type {tp!r} for {key}")
+    low, high = meta.get("min"), meta.get("max")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(key, f"expected {_describe(meta, kind)}, got {value!r}", source)
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(key, f"expected {_describe(meta, kind)}, got {value!r}", source)
+    return value
+
+
+def _check_value(value: Any, tp: Any, meta: Mapping[str, Any], key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list):
+        (item_tp, *_rest) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {value!r}", source)
+        item_meta = {k: v for k, v in meta.items() if k != "unit"}
+        return tuple(
+            _check_scalar(item, item_tp, item_meta, f"{key}[{i}]", source)
+            for i, item in enumerate(value)
+        )
+    return _check_scalar(value, tp, meta, key, source)
+
+
+def _build_section(cls: type, table: Mapping[str, Any], section: str,
+                   sources: Mapping[str, str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in table:
+        if name not in fields:
+            key = f"{section}.{name}"
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(key, f"unknown key; {section} has: {allowed}", sources.get(key, ""))
+    values = {}
+    for name, f in fields.items():
+        key = f"{section}.{name}"
+        if name in table:
+            values[name] = _check_value(table[name], hints[name], f.metadata, key, sources.get(key, ""))
+        elif f.default is not dataclasses.MISSING:
+            values[name] = f.default
+        else:
+            raise ConfigError(key, "missing (conf/default.toml must set every key)")
+    return cls(**values)
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any], source: str,
+           sources: dict[str, str]) -> None:
+    for section, table in override.items():
+        if not isinstance(table, dict):
+            raise ConfigError(section, f"expected a [{section}] table, got {table!r}", source)
+        for key, value in table.items():
+            base.setdefault(section, {})[key] = value
+            sources[f"{section}.{key}"] = source
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are TOML values; a bare word is taken as a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    tables: dict[str, dict[str, Any]] = {}
+    names: dict[str, str] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        tables.setdefault(section, {})[key] = _parse_env_value(raw)
+        names[f"{section}.{key}"] = f"environment variable {name}"
+    return tables, names
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *,
+                environ: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
+    """Build the effective configuration.
+
+    Layers, each overriding the one before: conf/default.toml, the file at
+    ``path``, ``SHOPCAST_<SECTION>__<KEY>`` variables in ``environ`` (the
+    process environment when None), then ``overrides`` (command-line flags,
+    as ``{"server": {"port": 9000}}``).
+
+    Raises ConfigError naming the key for any unknown key, wrong type or
+    value out of range, and for a file that cannot be read or parsed.
+    """
+    sources: dict[str, str] = {}
+    merged: dict[str, Any] = {}
+    _merge(merged, tomllib.loads(default_config_text()), "conf/default.toml", sources)
+    if path is not None:
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as exc:
+            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError("--config", f"{path} is not UTF-8 text") from None
+        try:
+            user = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+        _merge(merged, user, str(path), sources)
+    env_tables, env_sources = _env_overrides(os.environ if environ is None else environ)
+    for section, table in env_tables.items():
+        for key, value in table.items():
+            merged.setdefault(section, {})[key] = value
+    sources.update(env_sources)
+    for section, table in (overrides or {}).items():
+        for key, value in table.items():
+            merged.setdefault(section, {})[key] = value
+            sources[f"{section}.{key}"] = f"command-line flag for {section}.{key}"
+
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    for section in merged:
+        if section not in sections:
+            first_key = next(iter(merged[section]), "")
+            where = sources.get(f"{section}.{first_key}", "")
+            raise ConfigError(section, "unknown section; known: " + ", ".join(sections), where)
+    built = {
+        name: _build_section(hints[name], merged.get(name, {}), name, sources)
+        for name in sections
+    }
+    config = Config(**built)
+    if config.tokens.default_ttl_s > config.tokens.max_ttl_s:
+        raise ConfigError("tokens.default_ttl_s", "must not exceed tokens.max_ttl_s",
+                          sources.get("tokens.default_ttl_s", ""))
+    if bool(config.tls.cert_file) != bool(config.tls.key_file):
+        raise ConfigError("tls.cert_file", "tls.cert_file and tls.key_file are set together or not at all",
+                          sources.get("tls.cert_file", "") or sources.get("tls.key_file", ""))
+    return config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot render {value!r} as TOML")
+
+
+def render_config(config: Config) -> str:
+    """The effective configuration as TOML, for `shopcast config`."""
+    lines: list[str] = []
+    for section in dataclasses.fields(config):
+        lines.append(f"[{section.name}]")
+        for f in dataclasses.fields(getattr(config, section.name)):
+            value = getattr(getattr(config, section.name), f.name)
+            unit = f.metadata.get("unit", "")
+            comment = f"  # {unit}" if unit and unit != "count" else ""
+            lines.append(f"{f.name} = {_toml_value(value)}{comment}")
+        lines.append("")
+    return "\n".join(lines)
+

@@ -1,0 +1,828 @@
+"""The QUIC endpoint: UDP sockets on trio driving aioquic's sans-IO
+QuicConnection, with HTTP/3 and WebTransport on top.
+
+One receive task per socket routes each datagram by connection ID into a
+bounded per-connection queue (full: drop and count, never block the socket).
+One task per connection owns its QuicConnection: it ingests datagrams, fires
+the connection's single timer, turns events into HTTP/3 requests and
+WebTransport sessions, and sends what is due with non-blocking ``sendto`` and
+one checkpoint per batch. Times are ``trio.current_time()`` so MockClock
+tests drive it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+from urllib.parse import parse_qsl, urlsplit
+
+import trio
+from aioquic.buffer import Buffer
+from aioquic.h3.connection import H3_ALPN, ErrorCode, FrameType, H3Connection
+from aioquic.h3.events import (
+    DataReceived,
+    DatagramReceived,
+    HeadersReceived,
+    WebTransportStreamDataReceived,
+)
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import (
+    ConnectionIdIssued,
+    ConnectionIdRetired,
+    ConnectionTerminated,
+    HandshakeCompleted,
+    ProtocolNegotiated,
+    StopSendingReceived,
+    StreamReset,
+)
+from aioquic.quic.packet import (
+    QuicPacketType,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+
+from shopcast.server._certs import Certificate
+from shopcast.server._tokens import TokenAuthority, TokenError
+from shopcast.server._webtransport import SessionClosed, SessionHandler, WebTransportSession
+
+__all__ = [
+    "H3Request",
+    "H3Response",
+    "QuicEndpoint",
+    "QuicConnectionDriver",
+    "QuicStatistics",
+    "bind_udp_sockets",
+]
+
+# Newer WebTransport drafts' settings, advertised beside aioquic's draft-02
+# ones. Draft-07's max-sessions and the draft-04 datagram setting are what
+# other browser engines look for; draft-13+ settings are left out because a
+# server that sends them is refused by clients that speak only older drafts.
+SETTING_H3_DATAGRAM_DRAFT04 = 0xFFD277
+SETTING_WEBTRANSPORT_MAX_SESSIONS_DRAFT07 = 0xC671706A
+WEBTRANSPORT_PROTOCOLS = ("webtransport", "webtransport-h3")
+RECEIVE_BUFFER_BYTES = 65536
+
+
+@dataclass(frozen=True)
+class H3Request:
+    """An HTTP/3 request that is not a WebTransport CONNECT."""
+
+    method: str
+    target: str
+    """Path and query, as sent in :path."""
+    authority: str
+    headers: tuple[tuple[str, str], ...]
+    """Regular (non-pseudo) header fields, names lowercase."""
+    body: bytes
+    remote_address: tuple
+
+
+@dataclass(frozen=True)
+class H3Response:
+    """What an HTTP/3 handler answers."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+HttpHandler = Callable[[H3Request], Awaitable[H3Response]]
+
+
+@dataclass
+class QuicStatistics:
+    """Counters for /metrics; plain integers, cheap to bump on the hot path."""
+
+    connections_open: int = 0
+    connections_total: int = 0
+    connections_refused: int = 0
+    handshakes_completed: int = 0
+    sessions_open: int = 0
+    sessions_total: int = 0
+    sessions_refused: int = 0
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    inbound_dropped: int = 0
+    undecodable_dropped: int = 0
+    version_negotiations: int = 0
+    h3_requests: int = 0
+    stream_buffer_overflows: int = 0
+
+
+class _ShopcastH3(H3Connection):
+    """aioquic's H3Connection advertising the newer WebTransport settings too."""
+
+    max_sessions = 1
+
+    def _get_local_settings(self) -> dict[int, int]:
+        settings = super()._get_local_settings()
+        if self._enable_webtransport:
+            settings[SETTING_H3_DATAGRAM_DRAFT04] = 1
+            settings[SETTING_WEBTRANSPORT_MAX_SESSIONS_DRAFT07] = self.max_sessions
+        return settings
+
+
+def bind_udp_sockets(addresses: list[str], port: int, buffer_bytes: int) -> list[socket.socket]:
+    """Bind one non-blocking UDP socket per address ("::" is dual-stack).
+
+    With port 0 the first socket picks the port and the rest reuse it.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for host in addresses:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sockets.append(sock)
+            if family == socket.AF_INET6:
+                # "::" serves IPv4 too, so both resolutions of localhost work.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, buffer_bytes)
+                except OSError:
+                    pass  # the kernel caps it; a smaller buffer still works
+            sock.bind((host, port))
+            port = sock.getsockname()[1]
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class QuicEndpoint:
+    """Routes datagrams to connections and owns their tasks.
+
+    ``session_handlers`` maps a WebTransport path (e.g. "/moq") to the async
+    function that serves sessions on it; ``http_handler`` answers ordinary
+    HTTP/3 requests. ``certificate`` is read for each new connection, so a
+    renewed certificate applies to new connections at once.
+    """
+
+    def __init__(self, *, quic_config, webtransport_config, certificate: Callable[[], Certificate],
+                 tokens: TokenAuthority, http_handler: HttpHandler | None = None,
+                 max_body_bytes: int = 1 << 20) -> None:
+        self._qc = quic_config
+        self._wc = webtransport_config
+        self._certificate = certificate
+        self._tokens = tokens
+        self.http_handler = http_handler
+        self.session_handlers: dict[str, SessionHandler] = {}
+        self.max_body_bytes = max_body_bytes
+        self.stats = QuicStatistics()
+        self._routes: dict[bytes, QuicConnectionDriver] = {}
+        self._drivers: set[QuicConnectionDriver] = set()
+        self._nursery: trio.Nursery | None = None
+        self._accepting = True
+        self._configuration: QuicConfiguration | None = None
+        self._configuration_cert: Certificate | None = None
+        self.sockets: list[socket.socket] = []
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def serve(self, sockets: list[socket.socket], *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve QUIC on already-bound UDP sockets.
+
+        Never returns unless cancelled.
+
+        Resource handling: the sockets are closed on exit; every connection
+        task runs in this function's nursery and is cancelled with it.
+
+        Error handling: undecodable or unroutable datagrams are dropped and
+        counted; a connection that fails is closed alone; socket send errors
+        other than a full buffer drop that batch and are counted.
+        """
+        self.sockets = sockets
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for sock in sockets:
+                    nursery.start_soon(self._receive_loop, sock)
+                task_status.started()
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    def stop_accepting(self) -> None:
+        """Refuse new connections and sessions from now on."""
+        self._accepting = False
+
+    def close_all(self, reason: str) -> None:
+        """Close every session and connection with ``reason`` (graceful shutdown)."""
+        self._accepting = False
+        for driver in list(self._drivers):
+            driver.close(reason)
+
+    async def wait_all_closed(self) -> None:
+        """Return once every connection task has ended."""
+        while self._drivers:
+            driver = next(iter(self._drivers))
+            await driver.finished.wait()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._drivers)
+
+    # --- configuration -------------------------------------------------------
+
+    def _server_configuration(self) -> QuicConfiguration:
+        cert = self._certificate()
+        if self._configuration is None or self._configuration_cert is not cert:
+            configuration = QuicConfiguration(
+                is_client=False,
+                alpn_protocols=H3_ALPN,
+                idle_timeout=self._qc.idle_timeout_s,
+                max_datagram_frame_size=self._qc.max_datagram_frame_size,
+                max_stream_data=self._wc.stream_buffer_bytes,
+                max_data=self._wc.stream_buffer_bytes * 16,
+            )
+            configuration.load_cert_chain(cert.cert_path, cert.key_path)
+            self._configuration = configuration
+            self._configuration_cert = cert
+        return self._configuration
+
+    # --- datagram routing ---------------------------------------------------
+
+    async def _receive_loop(self, sock: socket.socket) -> None:
+        batch = self._qc.receive_batch_packets
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(batch):
+                try:
+                    data, addr = sock.recvfrom(RECEIVE_BUFFER_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    # ICMP errors from earlier sends surface here; they
+                    # concern one peer, not the socket.
+                    continue
+                self._route(sock, data, addr)
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _route(self, sock: socket.socket, data: bytes, addr: tuple) -> None:
+        stats = self.stats
+        stats.datagrams_in += 1
+        stats.bytes_in += len(data)
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=8)
+        except ValueError:
+            stats.undecodable_dropped += 1
+            return
+        driver = self._routes.get(header.destination_cid)
+        if driver is not None:
+            driver.deliver(data, addr)
+            return
+        if not self._accepting or self._nursery is None:
+            stats.connections_refused += 1
+            return
+        configuration = self._server_configuration()
+        if (header.packet_type != QuicPacketType.VERSION_NEGOTIATION
+                and header.version is not None
+                and header.version not in configuration.supported_versions):
+            stats.version_negotiations += 1
+            self._sendto(sock, encode_quic_version_negotiation(
+                source_cid=header.destination_cid,
+                destination_cid=header.source_cid,
+                supported_versions=configuration.supported_versions,
+            ), addr)
+            return
+        # Only a full-size Initial may create state: this bounds what a
+        # spoofed small packet can make the server allocate or send.
+        if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+            stats.undecodable_dropped += 1
+            return
+        if len(self._drivers) >= self._qc.max_connections:
+            stats.connections_refused += 1
+            return
+        connection = QuicConnection(
+            configuration=configuration,
+            original_destination_connection_id=header.destination_cid,
+        )
+        # aioquic has no configuration for the stream-count limits it grants
+        # the peer; set them before the handshake sends transport parameters.
+        connection._local_max_streams_bidi.value = self._qc.max_streams_bidi
+        connection._local_max_streams_uni.value = self._qc.max_streams_uni
+        driver = QuicConnectionDriver(self, sock, connection, addr)
+        self._drivers.add(driver)
+        self._routes[header.destination_cid] = driver
+        self._routes[connection.host_cid] = driver
+        stats.connections_open += 1
+        stats.connections_total += 1
+        self._nursery.start_soon(driver.run)
+        driver.deliver(data, addr)
+
+    def connect(self, sock: socket.socket, addr: tuple,
+                configuration: QuicConfiguration) -> "QuicConnectionDriver":
+        """Start a client connection to ``addr`` from ``sock`` (client role)."""
+        assert self._nursery is not None, "serve() must be running"
+        connection = QuicConnection(configuration=configuration)
+        connection.connect(addr, now=trio.current_time())
+        driver = QuicConnectionDriver(self, sock, connection, addr)
+        self._drivers.add(driver)
+        self._routes[connection.host_cid] = driver
+        self.stats.connections_open += 1
+        self.stats.connections_total += 1
+        self._nursery.start_soon(driver.run)
+        driver.wake()
+        return driver
+
+    def _sendto(self, sock: socket.socket, data: bytes, addr: tuple) -> bool:
+        try:
+            sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True  # unreachable peer and the like: this datagram is lost
+        self.stats.datagrams_out += 1
+        self.stats.bytes_out += len(data)
+        return True
+
+    async def send_batch(self, sock: socket.socket, datagrams: list[tuple[bytes, tuple]]) -> None:
+        """Send datagrams without a checkpoint per packet; wait only when the
+        socket buffer is full."""
+        for data, addr in datagrams:
+            while not self._sendto(sock, data, addr):
+                await trio.lowlevel.wait_writable(sock)
+        await trio.lowlevel.checkpoint()
+
+    def _add_route(self, cid: bytes, driver: "QuicConnectionDriver") -> None:
+        self._routes[cid] = driver
+
+    def _remove_route(self, cid: bytes) -> None:
+        self._routes.pop(cid, None)
+
+    def _forget(self, driver: "QuicConnectionDriver") -> None:
+        self._drivers.discard(driver)
+        for cid in [cid for cid, d in self._routes.items() if d is driver]:
+            del self._routes[cid]
+        self.stats.connections_open -= 1
+
+
+_WAKEUP = object()
+
+
+@dataclass
+class _PendingRequest:
+    headers: dict[str, str]
+    regular: list[tuple[str, str]]
+    body: bytearray = field(default_factory=bytearray)
+    too_large: bool = False
+
+
+@dataclass
+class _ConnectWaiter:
+    target: str
+    done: trio.Event = field(default_factory=trio.Event)
+    status: int = 0
+    body: bytearray = field(default_factory=bytearray)
+    session: WebTransportSession | None = None
+
+
+class QuicConnectionDriver:
+    """Owns one QuicConnection: its inbound queue, its timer, its HTTP/3 layer
+    and its WebTransport sessions."""
+
+    def __init__(self, endpoint: QuicEndpoint, sock: socket.socket,
+                 connection: QuicConnection, addr: tuple) -> None:
+        self._endpoint = endpoint
+        self._sock = sock
+        self.quic = connection
+        self.remote_address = addr
+        self._h3: _ShopcastH3 | None = None
+        self._inbound_send, self._inbound_recv = trio.open_memory_channel[object](
+            endpoint._qc.inbound_queue_packets)
+        self._wakeup_pending = False
+        self._progress = trio.Event()
+        self._sessions: dict[int, WebTransportSession] = {}
+        self._stream_session: dict[int, int] = {}
+        self._requests: dict[int, _PendingRequest] = {}
+        self._connects: dict[int, _ConnectWaiter] = {}
+        self._terminated = False
+        self.finished = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    # --- called from the endpoint's receive task ---------------------------
+
+    def deliver(self, data: bytes, addr: tuple) -> None:
+        try:
+            self._inbound_send.send_nowait((data, addr))
+        except trio.WouldBlock:
+            self._endpoint.stats.inbound_dropped += 1
+
+    # --- the connection task ----------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            for session in list(self._sessions.values()):
+                session._finish(0, "connection closed")
+            for waiter in self._connects.values():
+                waiter.done.set()
+            self._sessions.clear()
+            self._endpoint._forget(self)
+            self.finished.set()
+
+    async def _loop(self) -> None:
+        quic = self.quic
+        while not self._terminated:
+            timer_at = quic.get_timer()
+            item = None
+            with trio.move_on_at(timer_at if timer_at is not None else math.inf):
+                item = await self._inbound_recv.receive()
+            now = trio.current_time()
+            if item is not None:
+                self._ingest(item, now)
+                while True:
+                    try:
+                        self._ingest(self._inbound_recv.receive_nowait(), now)
+                    except trio.WouldBlock:
+                        break
+            if timer_at is not None and now >= timer_at:
+                quic.handle_timer(now)
+            self._process_events()
+            await self._flush()
+            progress, self._progress = self._progress, trio.Event()
+            progress.set()
+
+    def _ingest(self, item: object, now: float) -> None:
+        if item is _WAKEUP:
+            self._wakeup_pending = False
+            return
+        data, addr = item  # type: ignore[misc]
+        self.quic.receive_datagram(data, addr, now=now)
+
+    async def _flush(self) -> None:
+        datagrams = self.quic.datagrams_to_send(now=trio.current_time())
+        if datagrams:
+            await self._endpoint.send_batch(self._sock, datagrams)
+
+    def wake(self) -> None:
+        """Ask the connection task to send what the application queued."""
+        if not self._wakeup_pending:
+            try:
+                self._inbound_send.send_nowait(_WAKEUP)
+                self._wakeup_pending = True
+            except trio.WouldBlock:
+                pass  # the queue is full, so the task is about to run anyway
+
+    async def wait_progress(self) -> None:
+        """Wait until the connection task has run once more (acks processed)."""
+        if self._terminated:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._progress.wait()
+
+    def wake_writers(self) -> None:
+        progress, self._progress = self._progress, trio.Event()
+        progress.set()
+
+    def close(self, reason: str) -> None:
+        """Close every session, then the connection, with ``reason``."""
+        for session in list(self._sessions.values()):
+            session.close(0, reason)
+        self.quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase=reason)
+        self.wake()
+
+    # --- events --------------------------------------------------------------
+
+    def _process_events(self) -> None:
+        stats = self._endpoint.stats
+        while (event := self.quic.next_event()) is not None:
+            if isinstance(event, ConnectionIdIssued):
+                self._endpoint._add_route(event.connection_id, self)
+            elif isinstance(event, ConnectionIdRetired):
+                self._endpoint._remove_route(event.connection_id)
+            elif isinstance(event, ConnectionTerminated):
+                self._terminated = True
+            elif isinstance(event, ProtocolNegotiated):
+                if event.alpn_protocol in H3_ALPN and self._h3 is None:
+                    self._h3 = _ShopcastH3(self.quic, enable_webtransport=True)
+                    self._h3.max_sessions = self._endpoint._wc.max_sessions_per_connection
+            elif isinstance(event, HandshakeCompleted):
+                stats.handshakes_completed += 1
+            elif isinstance(event, StreamReset):
+                self._on_stream_reset(event.stream_id, event.error_code)
+            elif isinstance(event, StopSendingReceived):
+                self._on_stop_sending(event.stream_id, event.error_code)
+            if self._h3 is not None:
+                for h3_event in self._h3.handle_event(event):
+                    self._on_h3_event(h3_event)
+
+    def _on_stream_reset(self, stream_id: int, code: int) -> None:
+        session_id = self._stream_session.pop(stream_id, None)
+        if session_id is not None and session_id in self._sessions:
+            self._sessions[session_id]._stream_reset(stream_id, code)
+        elif stream_id in self._sessions:
+            self._sessions.pop(stream_id)._finish(0, "CONNECT stream reset")
+        self._requests.pop(stream_id, None)
+
+    def _on_stop_sending(self, stream_id: int, code: int) -> None:
+        session_id = self._stream_session.get(stream_id)
+        if session_id is not None and session_id in self._sessions:
+            self._sessions[session_id]._stop_sending(stream_id, code)
+
+    def _on_h3_event(self, event: object) -> None:
+        if isinstance(event, HeadersReceived):
+            self._on_headers(event)
+        elif isinstance(event, DataReceived):
+            session = self._sessions.get(event.stream_id)
+            if session is not None:
+                session._connect_stream_data(event.data, event.stream_ended)
+                if session.closed.is_set():
+                    self._sessions.pop(event.stream_id, None)
+                    self._endpoint.stats.sessions_open -= 1
+                return
+            waiter = self._connects.get(event.stream_id)
+            if waiter is not None:
+                waiter.body += event.data[:4096]
+                if event.stream_ended:
+                    del self._connects[event.stream_id]
+                    waiter.done.set()
+                return
+            pending = self._requests.get(event.stream_id)
+            if pending is not None:
+                if len(pending.body) + len(event.data) > self._endpoint.max_body_bytes:
+                    pending.too_large = True
+                else:
+                    pending.body += event.data
+                if event.stream_ended:
+                    self._dispatch_request(event.stream_id)
+        elif isinstance(event, WebTransportStreamDataReceived):
+            session = self._sessions.get(event.session_id)
+            if session is None:
+                # Data for a session that is gone (or never was): refuse it.
+                self.quic.stop_stream(event.stream_id, ErrorCode.H3_REQUEST_REJECTED)
+                return
+            self._stream_session[event.stream_id] = event.session_id
+            bidi = (event.stream_id & 2) == 0
+            session._stream_data(event.stream_id, event.data, event.stream_ended, bidi)
+        elif isinstance(event, DatagramReceived):
+            session = self._sessions.get(event.stream_id)
+            if session is not None:
+                session._datagram(event.data)
+
+    def _on_headers(self, event: HeadersReceived) -> None:
+        assert self._h3 is not None
+        if self.quic.configuration.is_client:
+            self._on_connect_response(event)
+            return
+        pseudo: dict[str, str] = {}
+        regular: list[tuple[str, str]] = []
+        for name, value in event.headers:
+            key = name.decode("latin-1").lower()
+            if key.startswith(":"):
+                pseudo[key] = value.decode("latin-1")
+            else:
+                regular.append((key, value.decode("latin-1")))
+        if pseudo.get(":method") == "CONNECT" and pseudo.get(":protocol") in WEBTRANSPORT_PROTOCOLS:
+            self._on_connect(event.stream_id, pseudo, regular)
+            return
+        pending = _PendingRequest(pseudo, regular)
+        self._requests[event.stream_id] = pending
+        if event.stream_ended:
+            self._dispatch_request(event.stream_id)
+
+    def _respond(self, stream_id: int, status: int, headers: list[tuple[str, str]],
+                 body: bytes = b"", end: bool = True) -> None:
+        assert self._h3 is not None
+        self._h3.send_headers(stream_id, [(b":status", str(status).encode())]
+                              + [(k.encode(), v.encode()) for k, v in headers],
+                              end_stream=end and not body)
+        if body:
+            self._h3.send_data(stream_id, body, end_stream=end)
+        self.wake()
+
+    def _respond_error(self, stream_id: int, status: int, code: str, message: str,
+                       field_name: str | None = None) -> None:
+        body = json.dumps({"error": {"code": code, "message": message, "field": field_name}}).encode()
+        self._respond(stream_id, status, [("content-type", "application/json")], body)
+
+    def _on_connect(self, stream_id: int, pseudo: dict[str, str],
+                    regular: list[tuple[str, str]]) -> None:
+        endpoint = self._endpoint
+        stats = endpoint.stats
+        url = urlsplit(pseudo.get(":path", "/"))
+        query = dict(parse_qsl(url.query))
+        handler = endpoint.session_handlers.get(url.path)
+        if handler is None:
+            stats.sessions_refused += 1
+            self._respond_error(stream_id, 404, "not_found",
+                                f"no WebTransport endpoint at {url.path}", "path")
+            return
+        if not endpoint._accepting:
+            stats.sessions_refused += 1
+            self._respond_error(stream_id, 503, "shutting_down", "the server is shutting down")
+            return
+        if len(self._sessions) >= endpoint._wc.max_sessions_per_connection:
+            stats.sessions_refused += 1
+            self._respond_error(stream_id, 429, "too_many_sessions",
+                                "too many WebTransport sessions on this connection")
+            return
+        claims = None
+        if "token" in query:
+            try:
+                claims = endpoint._tokens.verify_untrusted(query["token"], now=time.time())
+            except TokenError as exc:
+                stats.sessions_refused += 1
+                self._respond_error(stream_id, 401, f"token_{exc.reason}", str(exc), "token")
+                return
+        wc = endpoint._wc
+        session = WebTransportSession(
+            self, stream_id, path=url.path, query=query, headers=dict(regular),
+            claims=claims, remote_address=self.remote_address,
+            accept_queue=wc.accept_queue_streams, datagram_queue=wc.datagram_queue,
+            stream_buffer_bytes=wc.stream_buffer_bytes)
+        self._sessions[stream_id] = session
+        stats.sessions_open += 1
+        stats.sessions_total += 1
+        # Chromium's WebTransport over aioquic's draft-02 settings needs this
+        # header in the CONNECT response.
+        self._respond(stream_id, 200, [("sec-webtransport-http3-draft", "draft02")], end=False)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_session, handler, session)
+
+    async def _run_session(self, handler: SessionHandler, session: WebTransportSession) -> None:
+        try:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_when_closed, session, scope)
+                    await handler(session)
+                    session.close(0, "")
+                    nursery.cancel_scope.cancel()
+        finally:
+            if self._sessions.pop(session.session_id, None) is not None:
+                self._endpoint.stats.sessions_open -= 1
+            session.close(0, "")
+
+    def _dispatch_request(self, stream_id: int) -> None:
+        pending = self._requests.pop(stream_id)
+        self._endpoint.stats.h3_requests += 1
+        if pending.too_large:
+            self._respond_error(stream_id, 413, "body_too_large",
+                                f"request body exceeds {self._endpoint.max_body_bytes} bytes", "body")
+            return
+        handler = self._endpoint.http_handler
+        if handler is None:
+            self._respond_error(stream_id, 404, "not_found", "no HTTP/3 routes")
+            return
+        request = H3Request(
+            method=pending.headers.get(":method", ""),
+            target=pending.headers.get(":path", "/"),
+            authority=pending.headers.get(":authority", ""),
+            headers=tuple(pending.regular),
+            body=bytes(pending.body),
+            remote_address=self.remote_address,
+        )
+        assert self._nursery is not None
+        self._nursery.start_soon(self._answer, stream_id, handler, request)
+
+    async def _answer(self, stream_id: int, handler: HttpHandler, request: H3Request) -> None:
+        response = await handler(request)
+        if not self._terminated:
+            self._respond(stream_id, response.status, list(response.headers), response.body)
+
+    # --- client role ----------------------------------------------------------
+
+    async def connect_webtransport(self, authority: str, target: str) -> WebTransportSession:
+        """Open a WebTransport session (client role) at ``target`` ("/path?query").
+
+        Raises SessionClosed with the HTTP status as code when the server
+        refuses, and the response body as reason.
+        """
+        while self._h3 is None and not self._terminated:
+            await self._handshake_progress()
+        if self._h3 is None:
+            raise SessionClosed(0, "connection closed before the handshake completed")
+        stream_id = self.quic.get_next_available_stream_id()
+        self._h3.send_headers(stream_id, [
+            (b":method", b"CONNECT"), (b":protocol", b"webtransport"), (b":scheme", b"https"),
+            (b":authority", authority.encode()), (b":path", target.encode()),
+            (b"origin", f"https://{authority}".encode()),
+        ], end_stream=False)
+        waiter = _ConnectWaiter(target)
+        self._connects[stream_id] = waiter
+        self.wake()
+        await waiter.done.wait()
+        if waiter.session is None:
+            raise SessionClosed(waiter.status, waiter.body.decode("utf-8", "replace"))
+        return waiter.session
+
+    async def _handshake_progress(self) -> None:
+        await self._progress.wait()
+
+    def _on_connect_response(self, event: HeadersReceived) -> None:
+        waiter = self._connects.get(event.stream_id)
+        if waiter is None:
+            return
+        status = 0
+        for name, value in event.headers:
+            if name == b":status":
+                status = int(value)
+        waiter.status = status
+        if status == 200:
+            url = urlsplit(waiter.target)
+            wc = self._endpoint._wc
+            session = WebTransportSession(
+                self, event.stream_id, path=url.path, query=dict(parse_qsl(url.query)),
+                headers={}, claims=None, remote_address=self.remote_address,
+                accept_queue=wc.accept_queue_streams, datagram_queue=wc.datagram_queue,
+                stream_buffer_bytes=wc.stream_buffer_bytes)
+            self._sessions[event.stream_id] = session
+            waiter.session = session
+            del self._connects[event.stream_id]
+            waiter.done.set()
+        elif event.stream_ended:
+            del self._connects[event.stream_id]
+            waiter.done.set()
+
+    # --- used by WebTransport sessions and streams ---------------------------
+
+    def open_webtransport_stream(self, session_id: int, *, unidirectional: bool) -> int:
+        assert self._h3 is not None
+        stream_id = self._h3.create_webtransport_stream(session_id, is_unidirectional=unidirectional)
+        if not unidirectional:
+            # aioquic marks only peer-opened bidirectional streams as
+            # WebTransport; without this the peer's replies on a stream we
+            # opened would be parsed as HTTP/3 frames.
+            with self._h3._get_or_create_stream(stream_id) as h3_stream:
+                h3_stream.frame_type = FrameType.WEBTRANSPORT_STREAM
+                h3_stream.session_id = session_id
+        self._stream_session[stream_id] = session_id
+        self.wake()
+        return stream_id
+
+    def send_stream_data(self, stream_id: int, data: bytes, end: bool) -> None:
+        self.quic.send_stream_data(stream_id, data, end)
+        self.wake()
+
+    def reset_stream(self, stream_id: int, h3_code: int) -> None:
+        try:
+            self.quic.reset_stream(stream_id, h3_code)
+        except (ValueError, AssertionError):
+            pass  # already finished or reset
+        self.wake()
+
+    def stop_stream(self, stream_id: int, h3_code: int) -> None:
+        try:
+            self.quic.stop_stream(stream_id, h3_code)
+        except (ValueError, AssertionError):
+            pass
+        self.wake()
+
+    def stream_backlog_bytes(self, stream_id: int) -> int:
+        # aioquic keeps unacknowledged bytes in the sender's buffer and offers
+        # no public accessor; its length is exactly the send backlog.
+        stream = self.quic._streams.get(stream_id)
+        if stream is None:
+            return 0
+        return len(stream.sender._buffer)
+
+    def send_webtransport_datagram(self, session_id: int, data: bytes) -> bool:
+        assert self._h3 is not None
+        if len(data) > self._endpoint._qc.max_datagram_frame_size:
+            return False
+        self._h3.send_datagram(session_id, data)
+        self.wake()
+        return True
+
+    def close_webtransport_session(self, session_id: int, capsule: bytes) -> None:
+        if self._h3 is None or self._terminated:
+            return
+        try:
+            self._h3.send_data(session_id, capsule, end_stream=True)
+        except Exception:  # noqa: BLE001 - stream already ended by the peer
+            pass
+        if self._sessions.pop(session_id, None) is not None:
+            self._endpoint.stats.sessions_open -= 1
+        self.wake()
+
+    def end_connect_stream(self, session_id: int) -> None:
+        """The peer closed the session: finish our side of the CONNECT stream."""
+        if self._sessions.pop(session_id, None) is not None:
+            self._endpoint.stats.sessions_open -= 1
+        if self._h3 is not None and not self._terminated:
+            try:
+                self._h3.send_data(session_id, b"", end_stream=True)
+            except Exception:  # noqa: BLE001 - already finished
+                pass
+            self.wake()
+
+
+async def _cancel_when_closed(session: WebTransportSession, scope: trio.CancelScope) -> None:
+    await session.closed.wait()
+    scope.cancel()
+

@@ -1,0 +1,56 @@
+"""Shared fixtures: real external programs for end-to-end tests.
+
+A test that needs ffmpeg, ffprobe or chromium asks for the fixture of that
+name. Where the program is missing the test is skipped with the reason,
+unless SHOPCAST_E2E=required (set by .ci/run), which turns the skip into a
+failure so CI can never pass by skipping.
+"""
+
+import os
+import shutil
+
+import pytest
+
+
+def _require(program: str) -> str:
+    path = shutil.which(program)
+    if path is not None:
+        return path
+    reason = f"{program} is not installed (apt-get install {program})"
+    if os.environ.get("SHOPCAST_E2E") == "required":
+        pytest.fail(f"SHOPCAST_E2E=required but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def ffmpeg() -> str:
+    """Path of the ffmpeg executable."""
+    return _require("ffmpeg")
+
+
+@pytest.fixture
+def ffprobe() -> str:
+    """Path of the ffprobe executable."""
+    return _require("ffprobe")
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Path of Debian's chromium, for Playwright's executable_path."""
+    return _require("chromium")
+
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def chromium_flags() -> list[str]:
+    """The flags every headless Chromium in the tests is started with."""
+    return list(CHROMIUM_FLAGS)
