@@ -8,7 +8,6 @@ with ``await nursery.start(run_server, config)`` and get the bound ports.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import socket
 import time
 from dataclasses import dataclass
@@ -23,7 +22,13 @@ from shopcast.server._http import serve_https
 from shopcast.server._log import get_logger
 from shopcast.server._metrics import CONTENT_TYPE, Registry
 from shopcast.server._quic import H3Request, H3Response, QuicEndpoint, bind_udp_sockets
-from shopcast.server._routing import HTTPError, Request, Response, Router
+from shopcast.server._routing import (
+    HTTPError,
+    Request,
+    Response,
+    Router,
+    request_from_pseudo_headers_untrusted,
+)
 from shopcast.server._tokens import ApiKey, Claims, TokenAuthority, TokenError, load_or_create_api_key
 
 __all__ = ["ServerApp", "Started", "resolve_addresses", "run_server"]
@@ -146,12 +151,13 @@ class ServerApp:
 
     async def _handle_h3(self, h3: H3Request) -> H3Response:
         """HTTP/3 requests go through the same router as HTTP/1.1 and HTTP/2."""
-        path, _, query = h3.target.partition("?")
-        request = Request.from_parts(
-            method=h3.method, target=h3.target, headers=list(h3.headers), body=h3.body,
-            client=h3.remote_address, http_version="3")
-        response = await self.router.handle(request)
-        del path, query
+        try:
+            request = request_from_pseudo_headers_untrusted(
+                h3.headers, body=h3.body, client=h3.remote_address[:2], http_version="3")
+        except HTTPError as exc:
+            response = exc.to_response()
+        else:
+            response = await self.router.handle(request)
         return H3Response(response.status, tuple(response.headers), response.body)
 
     # --- metrics ------------------------------------------------------------------
@@ -218,16 +224,26 @@ async def run_server(config: Config, *, shutdown: trio.Event | None = None,
     # one, so Alt-Svc can name it.
     sockets = bind_udp_sockets(addresses, config.server.port, config.quic.socket_buffer_bytes)
     port = app.port = sockets[0].getsockname()[1]
-    shutdown = shutdown or trio.Event()
+    shutdown = shutdown if shutdown is not None else trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(app.quic.serve, sockets)
-        await nursery.start(functools.partial(
-            serve_https, config=config.http, addresses=addresses, port=port,
-            ssl_context=app.ssl_context, router=app.router, metrics=app.metrics,
-            alt_svc=f'h3=":{port}"; ma=86400',
-            certificate_sha256=((lambda: app.certificate.sha256_hex)
-                                if config.webtransport.serve_certificate_hash_over_http else None),
-            stop_accepting=app.stop_accepting))
+        https_done = trio.Event()
+
+        async def https(task_status: trio.TaskStatus[object]) -> None:
+            try:
+                await serve_https(
+                    config=config.http, addresses=addresses, port=port,
+                    ssl_context=app.ssl_context, router=app.router, metrics=app.metrics,
+                    alt_svc=f'h3=":{port}"; ma=86400',
+                    certificate_sha256=((lambda: app.certificate.sha256_hex)
+                                        if config.webtransport.serve_certificate_hash_over_http
+                                        else None),
+                    stop_accepting=app.stop_accepting,
+                    drain_timeout_s=config.server.drain_timeout_s, task_status=task_status)
+            finally:
+                https_done.set()
+
+        await nursery.start(https)
         nursery.start_soon(app.renew_certificate_forever)
         log.info("listening", addresses=",".join(addresses), port=port,
                  url=f"https://localhost:{port}/", certificate_sha256=app.certificate.sha256_hex)
@@ -236,7 +252,10 @@ async def run_server(config: Config, *, shutdown: trio.Event | None = None,
         log.info("shutting_down", drain_timeout_s=config.server.drain_timeout_s)
         app.stop_accepting.set()
         app.quic.close_all("server shutting down")
+        # serve_https returns once its requests in flight have finished or
+        # the same deadline has passed.
         with trio.move_on_after(config.server.drain_timeout_s):
             await app.quic.wait_all_closed()
+            await https_done.wait()
         nursery.cancel_scope.cancel()
     log.info("stopped")

@@ -63,24 +63,33 @@ async def open_webtransport(url: str, *, certificate_sha256: str | None = None,
     endpoint = QuicEndpoint(quic_config=config.quic, webtransport_config=config.webtransport,
                             certificate=_no_certificate, tokens=None)  # type: ignore[arg-type]
     endpoint.stop_accepting()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(endpoint.serve, [sock])
-        driver = endpoint.connect(sock, addr[:2] if family == socket.AF_INET else addr, configuration)
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        authority = f"{parts.hostname}:{port}" if ":" not in parts.hostname \
-            else f"[{parts.hostname}]:{port}"
-        try:
-            session = await driver.connect_webtransport(authority, target)
-            if certificate_sha256 is not None:
-                _check_pin(driver.quic, certificate_sha256)
-            yield session
-        finally:
-            driver.close("client done")
-            with trio.move_on_after(1):
-                await driver.finished.wait()
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(endpoint.serve, [sock])
+            driver = endpoint.connect(sock, addr[:2] if family == socket.AF_INET else addr,
+                                      configuration)
+            target = parts.path or "/"
+            if parts.query:
+                target += "?" + parts.query
+            authority = f"{parts.hostname}:{port}" if ":" not in parts.hostname \
+                else f"[{parts.hostname}]:{port}"
+            try:
+                session = await driver.connect_webtransport(authority, target)
+                if certificate_sha256 is not None:
+                    _check_pin(driver.quic, certificate_sha256)
+                yield session
+            finally:
+                driver.close("client done")
+                with trio.move_on_after(1):
+                    await driver.finished.wait()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery only runs our own plumbing; a single error in it is
+        # the caller's error (refused session, wrong pin, or their own), so
+        # it is raised as itself rather than wrapped.
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+            raise group.exceptions[0] from None
+        raise
 
 
 def _check_pin(connection, expected_hex: str) -> None:

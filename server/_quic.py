@@ -73,12 +73,8 @@ RECEIVE_BUFFER_BYTES = 65536
 class H3Request:
     """An HTTP/3 request that is not a WebTransport CONNECT."""
 
-    method: str
-    target: str
-    """Path and query, as sent in :path."""
-    authority: str
-    headers: tuple[tuple[str, str], ...]
-    """Regular (non-pseudo) header fields, names lowercase."""
+    headers: tuple[tuple[bytes, bytes], ...]
+    """The header list as received, pseudo-headers included (untrusted)."""
     body: bytes
     remote_address: tuple
 
@@ -373,8 +369,7 @@ _WAKEUP = object()
 
 @dataclass
 class _PendingRequest:
-    headers: dict[str, str]
-    regular: list[tuple[str, str]]
+    headers: list[tuple[bytes, bytes]]
     body: bytearray = field(default_factory=bytearray)
     too_large: bool = False
 
@@ -591,7 +586,7 @@ class QuicConnectionDriver:
         if pseudo.get(":method") == "CONNECT" and pseudo.get(":protocol") in WEBTRANSPORT_PROTOCOLS:
             self._on_connect(event.stream_id, pseudo, regular)
             return
-        pending = _PendingRequest(pseudo, regular)
+        pending = _PendingRequest(list(event.headers))
         self._requests[event.stream_id] = pending
         if event.stream_ended:
             self._dispatch_request(event.stream_id)
@@ -679,14 +674,8 @@ class QuicConnectionDriver:
         if handler is None:
             self._respond_error(stream_id, 404, "not_found", "no HTTP/3 routes")
             return
-        request = H3Request(
-            method=pending.headers.get(":method", ""),
-            target=pending.headers.get(":path", "/"),
-            authority=pending.headers.get(":authority", ""),
-            headers=tuple(pending.regular),
-            body=bytes(pending.body),
-            remote_address=self.remote_address,
-        )
+        request = H3Request(headers=tuple(pending.headers), body=bytes(pending.body),
+                            remote_address=self.remote_address)
         assert self._nursery is not None
         self._nursery.start_soon(self._answer, stream_id, handler, request)
 

@@ -54,3 +54,21 @@ CHROMIUM_FLAGS = [
 def chromium_flags() -> list[str]:
     """The flags every headless Chromium in the tests is started with."""
     return list(CHROMIUM_FLAGS)
+
+
+@pytest.fixture
+async def running_server(tmp_path, nursery):
+    """The whole server (run_server) on 127.0.0.1 with an ephemeral port and a
+    fresh data directory; yields the Started record (``.app``, ``.port``)."""
+    import trio
+
+    from shopcast.server._app import run_server
+    from shopcast.server._config import load_config
+
+    config = load_config(environ={}, overrides={"server": {
+        "host": "127.0.0.1", "port": 0, "data_dir": str(tmp_path / "data"), "drain_timeout_s": 2.0}})
+    shutdown = trio.Event()
+    started = await nursery.start(lambda task_status: run_server(
+        config, shutdown=shutdown, task_status=task_status))
+    yield started
+    shutdown.set()
