@@ -18,10 +18,15 @@ from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives import serialization
 
 from shopcast.server._config import Config, load_config
-from shopcast.server._quic import QuicEndpoint
+from shopcast.server._quic import H3Response, QuicEndpoint, UdpTransport
 from shopcast.server._webtransport import WebTransportSession
 
-__all__ = ["CertificateMismatch", "open_webtransport"]
+__all__ = [
+    "CertificateMismatch",
+    "client_configuration",
+    "http3_request",
+    "open_webtransport",
+]
 
 
 class CertificateMismatch(Exception):
@@ -49,14 +54,8 @@ async def open_webtransport(url: str, *, certificate_sha256: str | None = None,
     port = parts.port or 443
     family, _, _, _, addr = (await trio.socket.getaddrinfo(
         parts.hostname, port, type=socket.SOCK_DGRAM))[0]
-    configuration = QuicConfiguration(
-        is_client=True, alpn_protocols=H3_ALPN, server_name=parts.hostname,
-        max_datagram_frame_size=config.quic.max_datagram_frame_size,
-        idle_timeout=config.quic.idle_timeout_s,
-        max_stream_data=config.webtransport.stream_buffer_bytes,
-        max_data=config.webtransport.stream_buffer_bytes * 16)
-    if certificate_sha256 is not None or not verify:
-        configuration.verify_mode = ssl.CERT_NONE
+    configuration = client_configuration(parts.hostname, config,
+                                         verify=verify and certificate_sha256 is None)
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
     sock.setblocking(False)
@@ -66,7 +65,7 @@ async def open_webtransport(url: str, *, certificate_sha256: str | None = None,
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(endpoint.serve, [sock])
-            driver = endpoint.connect(sock, addr[:2] if family == socket.AF_INET else addr,
+            driver = endpoint.connect(UdpTransport(sock), addr[:2] if family == socket.AF_INET else addr,
                                       configuration)
             target = parts.path or "/"
             if parts.query:
@@ -90,6 +89,46 @@ async def open_webtransport(url: str, *, certificate_sha256: str | None = None,
         if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
             raise group.exceptions[0] from None
         raise
+
+
+async def http3_request(url: str, method: str = "GET", *, headers: list[tuple[str, str]] = (),
+                        body: bytes = b"", verify: bool = True,
+                        config: Config | None = None) -> H3Response:
+    """One HTTP/3 request to ``url`` on a fresh connection (tests and tools)."""
+    config = config or load_config(environ={})
+    parts = urlsplit(url)
+    port = parts.port or 443
+    family, _, _, _, addr = (await trio.socket.getaddrinfo(
+        parts.hostname, port, type=socket.SOCK_DGRAM))[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+    sock.setblocking(False)
+    endpoint = QuicEndpoint(quic_config=config.quic, webtransport_config=config.webtransport,
+                            certificate=_no_certificate, tokens=None)  # type: ignore[arg-type]
+    endpoint.stop_accepting()
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(endpoint.serve, [sock])
+        driver = endpoint.connect(UdpTransport(sock), addr[:2] if family == socket.AF_INET else addr,
+                                  client_configuration(parts.hostname, config, verify=verify))
+        try:
+            return await driver.request(f"{parts.hostname}:{port}", method, target, list(headers), body)
+        finally:
+            driver.close("client done")
+            nursery.cancel_scope.cancel()
+
+
+def client_configuration(server_name: str, config: Config, *, verify: bool) -> QuicConfiguration:
+    """The aioquic configuration of a client connection (HTTP/3 with datagrams)."""
+    configuration = QuicConfiguration(
+        is_client=True, alpn_protocols=H3_ALPN, server_name=server_name,
+        max_datagram_frame_size=config.quic.max_datagram_frame_size,
+        idle_timeout=config.quic.idle_timeout_s,
+        max_stream_data=config.webtransport.stream_buffer_bytes,
+        max_data=config.webtransport.stream_buffer_bytes * 16)
+    if not verify:
+        configuration.verify_mode = ssl.CERT_NONE
+    return configuration
 
 
 def _check_pin(connection, expected_hex: str) -> None:

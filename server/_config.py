@@ -112,6 +112,7 @@ class QuicConfig:
     max_datagram_frame_size: int = _spec(min=1200, max=65536, unit="bytes")
     receive_batch_packets: int = _spec(min=1, max=4096, unit="packets")
     socket_buffer_bytes: int = _spec(min=65536, max=1 << 30, unit="bytes")
+    close_grace_s: float = _spec(min=0.0, max=60.0, unit="s")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import math
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import trio
@@ -47,17 +47,22 @@ from aioquic.quic.packet import (
 )
 
 from shopcast.server._certs import Certificate
+from shopcast.server._log import get_logger
 from shopcast.server._tokens import TokenAuthority, TokenError
 from shopcast.server._webtransport import SessionClosed, SessionHandler, WebTransportSession
 
 __all__ = [
+    "DatagramTransport",
     "H3Request",
     "H3Response",
     "QuicEndpoint",
     "QuicConnectionDriver",
     "QuicStatistics",
+    "UdpTransport",
     "bind_udp_sockets",
 ]
+
+log = get_logger("quic")
 
 # Newer WebTransport drafts' settings, advertised beside aioquic's draft-02
 # ones. Draft-07's max-sessions and the draft-04 datagram setting are what
@@ -67,6 +72,8 @@ SETTING_H3_DATAGRAM_DRAFT04 = 0xFFD277
 SETTING_WEBTRANSPORT_MAX_SESSIONS_DRAFT07 = 0xC671706A
 WEBTRANSPORT_PROTOCOLS = ("webtransport", "webtransport-h3")
 RECEIVE_BUFFER_BYTES = 65536
+# WebTransport session close code for a handler that failed.
+SESSION_INTERNAL_ERROR = 1
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,10 @@ class QuicStatistics:
 class _ShopcastH3(H3Connection):
     """aioquic's H3Connection advertising the newer WebTransport settings too."""
 
-    max_sessions = 1
+    def __init__(self, quic: QuicConnection, *, max_sessions: int) -> None:
+        # Set before the base class sends SETTINGS from its constructor.
+        self.max_sessions = max_sessions
+        super().__init__(quic, enable_webtransport=True)
 
     def _get_local_settings(self) -> dict[int, int]:
         settings = super()._get_local_settings()
@@ -153,6 +163,36 @@ def bind_udp_sockets(addresses: list[str], port: int, buffer_bytes: int) -> list
             sock.close()
         raise
     return sockets
+
+
+class DatagramTransport(Protocol):
+    """Where a connection's datagrams go: a UDP socket, or an in-memory pipe in tests."""
+
+    def sendto(self, data: bytes, addr: tuple) -> bool:
+        """Send without blocking; False when the send buffer is full (try again
+        after ``wait_writable``). Other failures count as a lost datagram."""
+
+    async def wait_writable(self) -> None:
+        """Return when ``sendto`` may succeed again."""
+
+
+class UdpTransport:
+    """A non-blocking UDP socket as a DatagramTransport."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def sendto(self, data: bytes, addr: tuple) -> bool:
+        try:
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            pass  # unreachable peer and the like: this datagram is lost
+        return True
+
+    async def wait_writable(self) -> None:
+        await trio.lowlevel.wait_writable(self.sock)
 
 
 class QuicEndpoint:
@@ -205,6 +245,9 @@ class QuicEndpoint:
                 for sock in sockets:
                     nursery.start_soon(self._receive_loop, sock)
                 task_status.started()
+                # Without sockets (in-memory tests) the nursery would end at
+                # once; keep the endpoint alive until cancelled.
+                await trio.sleep_forever()
         finally:
             for sock in sockets:
                 sock.close()
@@ -250,6 +293,7 @@ class QuicEndpoint:
     # --- datagram routing ---------------------------------------------------
 
     async def _receive_loop(self, sock: socket.socket) -> None:
+        transport = UdpTransport(sock)
         batch = self._qc.receive_batch_packets
         while True:
             await trio.lowlevel.wait_readable(sock)
@@ -262,10 +306,11 @@ class QuicEndpoint:
                     # ICMP errors from earlier sends surface here; they
                     # concern one peer, not the socket.
                     continue
-                self._route(sock, data, addr)
+                self.datagram_received(transport, data, addr)
             await trio.lowlevel.checkpoint_if_cancelled()
 
-    def _route(self, sock: socket.socket, data: bytes, addr: tuple) -> None:
+    def datagram_received(self, transport: DatagramTransport, data: bytes, addr: tuple) -> None:
+        """Route one datagram from ``addr`` that arrived on ``transport``."""
         stats = self.stats
         stats.datagrams_in += 1
         stats.bytes_in += len(data)
@@ -286,7 +331,7 @@ class QuicEndpoint:
                 and header.version is not None
                 and header.version not in configuration.supported_versions):
             stats.version_negotiations += 1
-            self._sendto(sock, encode_quic_version_negotiation(
+            self._sendto(transport, encode_quic_version_negotiation(
                 source_cid=header.destination_cid,
                 destination_cid=header.source_cid,
                 supported_versions=configuration.supported_versions,
@@ -308,7 +353,7 @@ class QuicEndpoint:
         # the peer; set them before the handshake sends transport parameters.
         connection._local_max_streams_bidi.value = self._qc.max_streams_bidi
         connection._local_max_streams_uni.value = self._qc.max_streams_uni
-        driver = QuicConnectionDriver(self, sock, connection, addr)
+        driver = QuicConnectionDriver(self, transport, connection, addr)
         self._drivers.add(driver)
         self._routes[header.destination_cid] = driver
         self._routes[connection.host_cid] = driver
@@ -317,13 +362,13 @@ class QuicEndpoint:
         self._nursery.start_soon(driver.run)
         driver.deliver(data, addr)
 
-    def connect(self, sock: socket.socket, addr: tuple,
+    def connect(self, transport: DatagramTransport, addr: tuple,
                 configuration: QuicConfiguration) -> "QuicConnectionDriver":
-        """Start a client connection to ``addr`` from ``sock`` (client role)."""
+        """Start a client connection to ``addr`` over ``transport`` (client role)."""
         assert self._nursery is not None, "serve() must be running"
         connection = QuicConnection(configuration=configuration)
         connection.connect(addr, now=trio.current_time())
-        driver = QuicConnectionDriver(self, sock, connection, addr)
+        driver = QuicConnectionDriver(self, transport, connection, addr)
         self._drivers.add(driver)
         self._routes[connection.host_cid] = driver
         self.stats.connections_open += 1
@@ -332,23 +377,20 @@ class QuicEndpoint:
         driver.wake()
         return driver
 
-    def _sendto(self, sock: socket.socket, data: bytes, addr: tuple) -> bool:
-        try:
-            sock.sendto(data, addr)
-        except (BlockingIOError, InterruptedError):
+    def _sendto(self, transport: DatagramTransport, data: bytes, addr: tuple) -> bool:
+        if not transport.sendto(data, addr):
             return False
-        except OSError:
-            return True  # unreachable peer and the like: this datagram is lost
         self.stats.datagrams_out += 1
         self.stats.bytes_out += len(data)
         return True
 
-    async def send_batch(self, sock: socket.socket, datagrams: list[tuple[bytes, tuple]]) -> None:
+    async def send_batch(self, transport: DatagramTransport,
+                         datagrams: list[tuple[bytes, tuple]]) -> None:
         """Send datagrams without a checkpoint per packet; wait only when the
-        socket buffer is full."""
+        send buffer is full."""
         for data, addr in datagrams:
-            while not self._sendto(sock, data, addr):
-                await trio.lowlevel.wait_writable(sock)
+            while not self._sendto(transport, data, addr):
+                await transport.wait_writable()
         await trio.lowlevel.checkpoint()
 
     def _add_route(self, cid: bytes, driver: "QuicConnectionDriver") -> None:
@@ -376,9 +418,14 @@ class _PendingRequest:
 
 @dataclass
 class _ConnectWaiter:
+    """A request this client sent: a WebTransport CONNECT or a plain request."""
+
     target: str
+    webtransport: bool = True
+    max_body_bytes: int = 4096
     done: trio.Event = field(default_factory=trio.Event)
     status: int = 0
+    headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytearray = field(default_factory=bytearray)
     session: WebTransportSession | None = None
 
@@ -387,10 +434,10 @@ class QuicConnectionDriver:
     """Owns one QuicConnection: its inbound queue, its timer, its HTTP/3 layer
     and its WebTransport sessions."""
 
-    def __init__(self, endpoint: QuicEndpoint, sock: socket.socket,
+    def __init__(self, endpoint: QuicEndpoint, transport: DatagramTransport,
                  connection: QuicConnection, addr: tuple) -> None:
         self._endpoint = endpoint
-        self._sock = sock
+        self._transport = transport
         self.quic = connection
         self.remote_address = addr
         self._h3: _ShopcastH3 | None = None
@@ -403,6 +450,8 @@ class QuicConnectionDriver:
         self._requests: dict[int, _PendingRequest] = {}
         self._connects: dict[int, _ConnectWaiter] = {}
         self._terminated = False
+        self._closing: tuple[str, float, list[int]] | None = None
+        self._close_reason = "connection closed"
         self.finished = trio.Event()
         self._nursery: trio.Nursery | None = None
 
@@ -424,7 +473,7 @@ class QuicConnectionDriver:
                 nursery.cancel_scope.cancel()
         finally:
             for session in list(self._sessions.values()):
-                session._finish(0, "connection closed")
+                session._finish(0, self._close_reason)
             for waiter in self._connects.values():
                 waiter.done.set()
             self._sessions.clear()
@@ -435,6 +484,8 @@ class QuicConnectionDriver:
         quic = self.quic
         while not self._terminated:
             timer_at = quic.get_timer()
+            if self._closing is not None:
+                timer_at = min(timer_at or math.inf, self._closing[1])
             item = None
             with trio.move_on_at(timer_at if timer_at is not None else math.inf):
                 item = await self._inbound_recv.receive()
@@ -449,6 +500,7 @@ class QuicConnectionDriver:
             if timer_at is not None and now >= timer_at:
                 quic.handle_timer(now)
             self._process_events()
+            self._close_if_due(now)
             await self._flush()
             progress, self._progress = self._progress, trio.Event()
             progress.set()
@@ -463,7 +515,7 @@ class QuicConnectionDriver:
     async def _flush(self) -> None:
         datagrams = self.quic.datagrams_to_send(now=trio.current_time())
         if datagrams:
-            await self._endpoint.send_batch(self._sock, datagrams)
+            await self._endpoint.send_batch(self._transport, datagrams)
 
     def wake(self) -> None:
         """Ask the connection task to send what the application queued."""
@@ -473,6 +525,11 @@ class QuicConnectionDriver:
                 self._wakeup_pending = True
             except trio.WouldBlock:
                 pass  # the queue is full, so the task is about to run anyway
+
+    @property
+    def peer_settings(self) -> dict[int, int] | None:
+        """The HTTP/3 SETTINGS the peer sent, once received."""
+        return None if self._h3 is None else self._h3.received_settings
 
     async def wait_progress(self) -> None:
         """Wait until the connection task has run once more (acks processed)."""
@@ -486,11 +543,26 @@ class QuicConnectionDriver:
         progress.set()
 
     def close(self, reason: str) -> None:
-        """Close every session, then the connection, with ``reason``."""
-        for session in list(self._sessions.values()):
+        """Close every session, then the connection, with ``reason``.
+
+        The session-close capsules go out first; the connection closes once
+        they are acknowledged or after ``[quic] close_grace_s``, because
+        aioquic's close discards stream data still queued.
+        """
+        sessions = list(self._sessions.values())
+        for session in sessions:
             session.close(0, reason)
-        self.quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase=reason)
+        self._closing = (reason, trio.current_time() + self._endpoint._qc.close_grace_s,
+                         [s.session_id for s in sessions])
         self.wake()
+
+    def _close_if_due(self, now: float) -> None:
+        if self._closing is None or self._terminated:
+            return
+        reason, deadline, stream_ids = self._closing
+        if now >= deadline or all(self.stream_backlog_bytes(i) == 0 for i in stream_ids):
+            self.quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase=reason)
+            self._closing = None
 
     # --- events --------------------------------------------------------------
 
@@ -503,10 +575,12 @@ class QuicConnectionDriver:
                 self._endpoint._remove_route(event.connection_id)
             elif isinstance(event, ConnectionTerminated):
                 self._terminated = True
+                if event.reason_phrase:
+                    self._close_reason = event.reason_phrase
             elif isinstance(event, ProtocolNegotiated):
                 if event.alpn_protocol in H3_ALPN and self._h3 is None:
-                    self._h3 = _ShopcastH3(self.quic, enable_webtransport=True)
-                    self._h3.max_sessions = self._endpoint._wc.max_sessions_per_connection
+                    self._h3 = _ShopcastH3(
+                        self.quic, max_sessions=self._endpoint._wc.max_sessions_per_connection)
             elif isinstance(event, HandshakeCompleted):
                 stats.handshakes_completed += 1
             elif isinstance(event, StreamReset):
@@ -543,7 +617,7 @@ class QuicConnectionDriver:
                 return
             waiter = self._connects.get(event.stream_id)
             if waiter is not None:
-                waiter.body += event.data[:4096]
+                waiter.body += event.data[:max(0, waiter.max_body_bytes - len(waiter.body))]
                 if event.stream_ended:
                     del self._connects[event.stream_id]
                     waiter.done.set()
@@ -656,8 +730,13 @@ class QuicConnectionDriver:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_cancel_when_closed, session, scope)
                     await handler(session)
-                    session.close(0, "")
                     nursery.cancel_scope.cancel()
+            session.close(0, "")
+        except Exception as exc:  # noqa: BLE001 - one session's failure stays with it
+            if not _only_session_closed(exc):
+                log.error("session_handler_failed", path=session.path,
+                          peer=str(self.remote_address), exc_info=True)
+                session.close(SESSION_INTERNAL_ERROR, "internal server error")
         finally:
             if self._sessions.pop(session.session_id, None) is not None:
                 self._endpoint.stats.sessions_open -= 1
@@ -710,6 +789,29 @@ class QuicConnectionDriver:
             raise SessionClosed(waiter.status, waiter.body.decode("utf-8", "replace"))
         return waiter.session
 
+    async def request(self, authority: str, method: str, target: str,
+                      headers: list[tuple[str, str]] = (), body: bytes = b"") -> H3Response:
+        """Send an HTTP/3 request (client role) and return the whole response."""
+        while self._h3 is None and not self._terminated:
+            await self._handshake_progress()
+        if self._h3 is None:
+            raise ConnectionError("connection closed before the handshake completed")
+        stream_id = self.quic.get_next_available_stream_id()
+        self._h3.send_headers(stream_id, [
+            (b":method", method.encode()), (b":scheme", b"https"),
+            (b":authority", authority.encode()), (b":path", target.encode()),
+        ] + [(k.encode(), v.encode()) for k, v in headers], end_stream=not body)
+        if body:
+            self._h3.send_data(stream_id, body, end_stream=True)
+        waiter = _ConnectWaiter(target, webtransport=False,
+                                max_body_bytes=self._endpoint.max_body_bytes)
+        self._connects[stream_id] = waiter
+        self.wake()
+        await waiter.done.wait()
+        if waiter.status == 0:
+            raise ConnectionError("connection closed before the response arrived")
+        return H3Response(waiter.status, tuple(waiter.headers), bytes(waiter.body))
+
     async def _handshake_progress(self) -> None:
         await self._progress.wait()
 
@@ -721,13 +823,22 @@ class QuicConnectionDriver:
         for name, value in event.headers:
             if name == b":status":
                 status = int(value)
+            else:
+                waiter.headers.append((name.decode("latin-1"), value.decode("latin-1")))
         waiter.status = status
+        if not waiter.webtransport:
+            if event.stream_ended:
+                del self._connects[event.stream_id]
+                waiter.done.set()
+            return
         if status == 200:
             url = urlsplit(waiter.target)
             wc = self._endpoint._wc
+            response_headers = {name.decode("latin-1"): value.decode("latin-1")
+                                for name, value in event.headers if not name.startswith(b":")}
             session = WebTransportSession(
                 self, event.stream_id, path=url.path, query=dict(parse_qsl(url.query)),
-                headers={}, claims=None, remote_address=self.remote_address,
+                headers=response_headers, claims=None, remote_address=self.remote_address,
                 accept_queue=wc.accept_queue_streams, datagram_queue=wc.datagram_queue,
                 stream_buffer_bytes=wc.stream_buffer_bytes)
             self._sessions[event.stream_id] = session
@@ -809,6 +920,14 @@ class QuicConnectionDriver:
             except Exception:  # noqa: BLE001 - already finished
                 pass
             self.wake()
+
+
+def _only_session_closed(exc: BaseException) -> bool:
+    """True when ``exc`` is SessionClosed, or a group of nothing else: the
+    normal way for a handler to learn that its session ended."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_session_closed(e) for e in exc.exceptions)
+    return isinstance(exc, SessionClosed)
 
 
 async def _cancel_when_closed(session: WebTransportSession, scope: trio.CancelScope) -> None:

@@ -35,6 +35,12 @@ def ffprobe() -> str:
 
 
 @pytest.fixture
+def curl_path() -> str:
+    """Path of the curl executable."""
+    return _require("curl")
+
+
+@pytest.fixture
 def chromium() -> str:
     """Path of Debian's chromium, for Playwright's executable_path."""
     return _require("chromium")

@@ -191,3 +191,22 @@ async def test_wrong_certificate_pin_is_refused(server):
         async with open_webtransport(f"https://127.0.0.1:{port}/echo",
                                      certificate_sha256="00" * 32):
             pass
+
+
+async def test_a_failing_handler_closes_only_its_session(server):
+    endpoint, port, cert = server
+
+    async def broken(session: WebTransportSession) -> None:
+        raise RuntimeError("handler bug")
+    endpoint.session_handlers["/broken"] = broken
+    async with open_webtransport(f"https://127.0.0.1:{port}/echo",
+                                 certificate_sha256=cert.sha256_hex) as healthy:
+        async with open_webtransport(f"https://127.0.0.1:{port}/broken",
+                                     certificate_sha256=cert.sha256_hex) as doomed:
+            with trio.fail_after(5):
+                await doomed.wait_closed()
+            assert doomed.close_reason == "internal server error"
+        stream = await healthy.open_bidi_stream()
+        await stream.send_all(b"still here")
+        await stream.send_eof()
+        assert await read_all(stream) == b"still here"

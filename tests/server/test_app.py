@@ -1,0 +1,169 @@
+"""The server as users run it: `shopcast serve` answers every route over
+HTTP/1.1, HTTP/2 and HTTP/3, exits 2 on a bad config, and shuts down
+gracefully on SIGTERM."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import trio
+
+from shopcast.server._app import run_server
+from shopcast.server._client import http3_request, open_webtransport
+from shopcast.server._config import load_config
+from shopcast.server._webtransport import SessionClosed, WebTransportSession
+
+ROUTES = ["/healthz", "/metrics", "/api/v1/server"]
+
+
+def start_serve(tmp_path, *extra: str) -> tuple[subprocess.Popen, int]:
+    # Logs go to a file: an undrained pipe could fill and stall the server.
+    log = open(tmp_path / "serve.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shopcast.server._cli", "serve", "--host", "127.0.0.1", "--port", "0",
+         "--data-dir", str(tmp_path / "data"), *extra],
+        stdout=subprocess.PIPE, stderr=log, text=True)
+    log.close()
+    deadline = time.monotonic() + 120
+    lines = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        match = re.search(r"https://localhost:(\d+)/", line)
+        if match:
+            return process, int(match.group(1))
+    process.kill()
+    process.wait()
+    process.stdout.close()
+    raise AssertionError("shopcast serve did not start:\n" + "".join(lines)
+                         + (tmp_path / "serve.log").read_text())
+
+
+@pytest.fixture
+def served(tmp_path):
+    process, port = start_serve(tmp_path)
+    yield process, port
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    process.stdout.close()
+
+
+def curl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", "-k", "--max-time", "20", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("version_flag, version", [("--http1.1", "1.1"), ("--http2", "2")])
+def test_every_route_over_curl(served, curl_path, version_flag, version):
+    _, port = served
+    for route in ROUTES:
+        result = curl(version_flag, "-w", "\\n%{http_version} %{http_code}", f"https://localhost:{port}{route}")
+        assert result.returncode == 0, result.stderr
+        body, _, status_line = result.stdout.rpartition("\n")
+        assert status_line == f"{version} 200", (route, status_line)
+        if route == "/healthz":
+            assert json.loads(body) == {"status": "ok"}
+        elif route == "/api/v1/server":
+            info = json.loads(body)
+            assert re.fullmatch(r"[0-9a-f]{64}", info["certificate"]["sha256"])
+            assert info["webtransport_url"].endswith(f":{port}")
+        else:
+            assert "shopcast_http_requests_total" in body
+    head = curl(version_flag, "-D", "-", "-o", "/dev/null", f"https://localhost:{port}/healthz")
+    assert f'alt-svc: h3=":{port}"' in head.stdout.lower()
+
+
+@pytest.mark.e2e
+def test_errors_are_json_with_status(served, curl_path):
+    _, port = served
+    result = curl("-w", "\\n%{http_code}", f"https://localhost:{port}/nope")
+    body, _, status = result.stdout.rpartition("\n")
+    assert status == "404"
+    assert json.loads(body)["error"]["code"] == "not_found"
+    result = curl("-X", "POST", "-w", "\\n%{http_code}", f"https://localhost:{port}/healthz")
+    assert result.stdout.rpartition("\n")[2] == "405"
+
+
+def test_sigterm_exits_0_within_the_drain_deadline(served, tmp_path):
+    process, port = served
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert time.monotonic() - started < 5.0 + 5  # drain_timeout_s plus process teardown
+    assert "event=stopped" in (tmp_path / "serve.log").read_text()
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[webtransport]\nmax_sessions_per_connection = "many"\n')
+    result = subprocess.run([sys.executable, "-m", "shopcast.server._cli", "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "webtransport.max_sessions_per_connection" in result.stderr
+    assert "expected an integer" in result.stderr
+
+
+def test_token_and_cert_commands(tmp_path):
+    data = str(tmp_path / "data")
+    cert = subprocess.run([sys.executable, "-m", "shopcast.server._cli", "cert", "--data-dir", data],
+                          capture_output=True, text=True, timeout=60)
+    assert cert.returncode == 0, cert.stderr
+    assert re.search(r"^sha256\s+[0-9a-f]{64}$", cert.stdout, re.M)
+    token = subprocess.run([sys.executable, "-m", "shopcast.server._cli", "token", "--role", "host",
+                            "--room", "r1", "--ttl", "60", "--data-dir", data],
+                           capture_output=True, text=True, timeout=60)
+    assert token.returncode == 0, token.stderr
+    assert token.stdout.count(".") == 2
+    refused = subprocess.run([sys.executable, "-m", "shopcast.server._cli", "token", "--role", "viewer",
+                              "--room", "*", "--data-dir", data], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "every room" in refused.stderr
+    version = subprocess.run([sys.executable, "-m", "shopcast.server._cli", "--version"],
+                             capture_output=True, text=True, timeout=60)
+    assert version.stdout.startswith("shopcast ")
+
+
+async def test_routes_over_http3(running_server):
+    port = running_server.port
+    for route in ROUTES:
+        response = await http3_request(f"https://127.0.0.1:{port}{route}", verify=False)
+        assert response.status == 200, (route, response.body)
+    info = json.loads((await http3_request(f"https://127.0.0.1:{port}/api/v1/server", verify=False)).body)
+    assert info["certificate"]["sha256"] == running_server.app.certificate.sha256_hex
+    missing = await http3_request(f"https://127.0.0.1:{port}/nope", verify=False)
+    assert missing.status == 404 and json.loads(missing.body)["error"]["code"] == "not_found"
+    metrics = (await http3_request(f"https://127.0.0.1:{port}/metrics", verify=False)).body.decode()
+    assert re.search(r'shopcast_http_requests_total\{route="healthz",method="GET",status="200"\} 1', metrics)
+    assert re.search(r"^shopcast_quic_connections_total [1-9]", metrics, re.M)
+
+
+async def test_shutdown_closes_sessions_with_a_reason(tmp_path):
+    config = load_config(environ={}, overrides={"server": {
+        "host": "127.0.0.1", "port": 0, "data_dir": str(tmp_path), "drain_timeout_s": 2.0}})
+    shutdown = trio.Event()
+    entered = trio.Event()
+
+    async def hold(session: WebTransportSession) -> None:
+        entered.set()
+        await session.wait_closed()
+
+    async with trio.open_nursery() as nursery:
+        started = await nursery.start(lambda task_status: run_server(
+            config, shutdown=shutdown, task_status=task_status))
+        started.app.quic.session_handlers["/hold"] = hold
+        async with open_webtransport(f"https://127.0.0.1:{started.port}/hold",
+                                     certificate_sha256=started.app.certificate.sha256_hex) as session:
+            await entered.wait()
+            shutdown.set()
+            with trio.fail_after(5):
+                await session.wait_closed()
+            assert session.close_reason == "server shutting down"
+            with pytest.raises(SessionClosed):
+                await session.accept_stream()
