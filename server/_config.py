@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from shopcast.codecs._config import MediaConfig
+from shopcast.codecs import MediaConfig
 
 __all__ = [
     "Config",
@@ -144,6 +144,34 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class RelayConfig:
+    """[relay]: the moq-lite relay's limits."""
+
+    path: str = _spec()
+    max_broadcasts: int = _spec(min=1, max=1_000_000, unit="count")
+    max_tracks_per_broadcast: int = _spec(min=2, max=1024, unit="count")
+    max_subscribers_per_track: int = _spec(min=1, max=10_000_000, unit="count")
+    max_frame_bytes: int = _spec(min=1024, max=1 << 30, unit="bytes")
+    max_group_bytes: int = _spec(min=1024, max=1 << 34, unit="bytes")
+    latency_budget_ms: int = _spec(min=10, max=60_000, unit="ms")
+    max_subscriber_backlog_bytes: int = _spec(min=65536, max=1 << 32, unit="bytes")
+    keyframe_request_interval_ms: int = _spec(min=0, max=60_000, unit="ms")
+    publisher_takeover: bool = _spec()
+    max_message_bytes: int = _spec(min=1024, max=1 << 24, unit="bytes")
+    max_subscriptions_per_session: int = _spec(min=1, max=1_000_000, unit="count")
+    max_announce_interests_per_session: int = _spec(min=1, max=10_000, unit="count")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """[demo]: the looping demo room."""
+
+    enabled: bool = _spec()
+    room: str = _spec()
+    clip: str = _spec()
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per TOML section."""
 
@@ -155,6 +183,8 @@ class Config:
     webtransport: WebTransportConfig
     http: HttpConfig
     media: MediaConfig
+    relay: RelayConfig
+    demo: DemoConfig
 
     @property
     def data_path(self) -> Path:
@@ -243,7 +273,15 @@ def _build_section(cls: type, table: Mapping[str, Any], section: str,
             values[name] = f.default
         else:
             raise ConfigError(key, "missing (conf/default.toml must set every key)")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        # Rules across keys of one section; the message names the key first.
+        message = str(exc)
+        key = message.split(" ", 1)[0].rstrip(":")
+        if key.startswith(f"{section}.") and key[len(section) + 1:] in fields:
+            raise ConfigError(key, message, sources.get(key, "")) from None
+        raise ConfigError(section, message) from None
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any], source: str,
@@ -329,6 +367,13 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     if config.tokens.default_ttl_s > config.tokens.max_ttl_s:
         raise ConfigError("tokens.default_ttl_s", "must not exceed tokens.max_ttl_s",
                           sources.get("tokens.default_ttl_s", ""))
+    if not config.relay.path.startswith("/"):
+        raise ConfigError("relay.path", f"must start with '/', got {config.relay.path!r}",
+                          sources.get("relay.path", ""))
+    if bool(config.tokens.api_key) != bool(config.tokens.api_secret):
+        raise ConfigError("tokens.api_key", "tokens.api_key and tokens.api_secret are set together "
+                          "or not at all", sources.get("tokens.api_key", "")
+                          or sources.get("tokens.api_secret", ""))
     if bool(config.tls.cert_file) != bool(config.tls.key_file):
         raise ConfigError("tls.cert_file", "tls.cert_file and tls.key_file are set together or not at all",
                           sources.get("tls.cert_file", "") or sources.get("tls.key_file", ""))

@@ -106,3 +106,13 @@ def test_cli_config_prints_effective_values(tmp_path):
     parsed = tomllib.loads(result.stdout)
     assert parsed["server"]["port"] == 9123
     assert parsed["server"]["data_dir"] == str(tmp_path)
+
+
+def test_rules_across_keys_name_the_key():
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"SHOPCAST_MEDIA__RING_PACKETS": "1000"})
+    assert info.value.key == "media.ring_packets"
+    assert "power of two" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"SHOPCAST_RELAY__PATH": "moq"})
+    assert info.value.key == "relay.path"
