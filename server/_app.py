@@ -21,7 +21,10 @@ from shopcast.server._config import Config
 from shopcast.server._http import serve_https
 from shopcast.server._log import get_logger
 from shopcast.server._metrics import CONTENT_TYPE, Registry
+from shopcast.server._hang_mux import HangMuxer, load_flv_clip, play_clip
+from shopcast.server._moq_server import MoqServer, MoqSettings
 from shopcast.server._quic import H3Request, H3Response, QuicEndpoint, bind_udp_sockets
+from shopcast.server._relay import Relay, RelayLimits
 from shopcast.server._routing import (
     HTTPError,
     Request,
@@ -30,6 +33,7 @@ from shopcast.server._routing import (
     request_from_pseudo_headers_untrusted,
 )
 from shopcast.server._tokens import ApiKey, Claims, TokenAuthority, TokenError, load_or_create_api_key
+from shopcast.server.moq import Limits as MoqLimits
 
 __all__ = ["ServerApp", "Started", "resolve_addresses", "run_server"]
 
@@ -92,6 +96,24 @@ class ServerApp:
             quic_config=config.quic, webtransport_config=config.webtransport,
             certificate=lambda: self.certificate, tokens=self.tokens,
             http_handler=self._handle_h3, max_body_bytes=config.http.max_body_bytes)
+        relay = config.relay
+        self.relay = Relay(RelayLimits(
+            max_broadcasts=relay.max_broadcasts,
+            max_tracks_per_broadcast=relay.max_tracks_per_broadcast,
+            max_subscribers_per_track=relay.max_subscribers_per_track,
+            max_frame_bytes=relay.max_frame_bytes,
+            max_group_bytes=relay.max_group_bytes,
+            keyframe_request_interval_s=relay.keyframe_request_interval_ms / 1000,
+            publisher_takeover=relay.publisher_takeover))
+        self.moq = MoqServer(self.relay, MoqSettings(
+            latency_budget_s=relay.latency_budget_ms / 1000,
+            max_subscriber_backlog_bytes=relay.max_subscriber_backlog_bytes,
+            limits=MoqLimits(
+                max_message_size_bytes=relay.max_message_bytes,
+                max_frame_size_bytes=relay.max_frame_bytes,
+                max_peer_subscriptions=relay.max_subscriptions_per_session,
+                max_peer_announce_interests=relay.max_announce_interests_per_session)))
+        self.quic.session_handlers[relay.path] = self.moq.handle_session
         self.port = config.server.port
         self.public_host = (config.server.public_names or ("localhost",))[0]
         self.stop_accepting = trio.Event()
@@ -186,8 +208,56 @@ class ServerApp:
              "Datagrams dropped as undecodable or unroutable."),
         ):
             self.metrics.counter_callback(name, help_text, callback=lambda a=attr: getattr(stats, a))
+        self._register_relay_metrics()
+
+    def _register_relay_metrics(self) -> None:
+        labels = ("broadcast", "track")
+
+        def per_track(attr: str):
+            return lambda: {(b.name, t.name): getattr(t.stats, attr)
+                            for b in self.relay.broadcasts.values() for t in b.tracks.values()}
+
+        self.metrics.gauge("shopcast_relay_broadcasts", "Live broadcasts.",
+                           callback=lambda: len(self.relay.broadcasts))
+        self.metrics.gauge("shopcast_relay_subscribers", "Subscribers per track.", labels,
+                           callback=lambda: {(b.name, t.name): t.subscriber_count
+                                             for b in self.relay.broadcasts.values()
+                                             for t in b.tracks.values()})
+        for name, attr, help_text in (
+            ("shopcast_relay_frames_in_total", "frames_in", "Frames received from the publisher."),
+            ("shopcast_relay_bytes_in_total", "bytes_in", "Frame bytes received from the publisher."),
+            ("shopcast_relay_frames_out_total", "frames_out", "Frames sent to subscribers (all of them)."),
+            ("shopcast_relay_bytes_out_total", "bytes_out", "Frame bytes sent to subscribers."),
+            ("shopcast_relay_groups_dropped_total", "groups_dropped",
+             "Groups reset for subscribers past their latency budget or backlog limit."),
+            ("shopcast_relay_keyframe_requests_total", "keyframe_requests",
+             "Keyframe requests sent to publishers."),
+        ):
+            self.metrics.counter_callback(name, help_text, labels, callback=per_track(attr))
+        moq = self.moq.stats
+        for name, attr, help_text in (
+            ("shopcast_moq_sessions_total", "sessions", "moq-lite sessions started."),
+            ("shopcast_moq_groups_dropped_total", "groups_dropped", "Groups dropped, all tracks."),
+            ("shopcast_moq_unauthorized_total", "refused_unauthorized",
+             "Subscribes and publishes refused for want of a token."),
+            ("shopcast_moq_protocol_errors_total", "protocol_errors",
+             "Sessions closed for malformed moq-lite messages."),
+        ):
+            self.metrics.counter_callback(name, help_text, callback=lambda a=attr: getattr(moq, a))
 
     # --- lifecycle -------------------------------------------------------------------
+
+    async def run_demo_room(self) -> None:
+        """Loop the demo clip as the demo room's live broadcast; never returns."""
+        demo = self.config.demo
+        path = Path(demo.clip) if demo.clip else Path(__file__).parent / "media" / "demo.flv"
+        clip = load_flv_clip(path.read_bytes())
+        broadcast = self.relay.publish(demo.room, owner="operator")
+        log.info("demo_room_live", room=demo.room, clip=str(path), seconds=clip.duration_ms / 1000)
+        try:
+            await play_clip(HangMuxer(broadcast), clip)
+        finally:
+            broadcast.end()
 
     async def renew_certificate_forever(self) -> None:
         """Replace a self-signed certificate before it expires; never returns."""
@@ -245,6 +315,8 @@ async def run_server(config: Config, *, shutdown: trio.Event | None = None,
 
         await nursery.start(https)
         nursery.start_soon(app.renew_certificate_forever)
+        if config.demo.enabled:
+            nursery.start_soon(app.run_demo_room)
         log.info("listening", addresses=",".join(addresses), port=port,
                  url=f"https://localhost:{port}/", certificate_sha256=app.certificate.sha256_hex)
         task_status.started(Started(app, port))

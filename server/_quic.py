@@ -72,6 +72,9 @@ SETTING_H3_DATAGRAM_DRAFT04 = 0xFFD277
 SETTING_WEBTRANSPORT_MAX_SESSIONS_DRAFT07 = 0xC671706A
 WEBTRANSPORT_PROTOCOLS = ("webtransport", "webtransport-h3")
 RECEIVE_BUFFER_BYTES = 65536
+# Send order of streams never given one: above every moq group (whose send
+# orders are below 2**64), so control messages are never stuck behind media.
+CONTROL_SEND_ORDER = 1 << 64
 # WebTransport session close code for a handler that failed.
 SESSION_INTERNAL_ERROR = 1
 
@@ -451,6 +454,7 @@ class QuicConnectionDriver:
         self._connects: dict[int, _ConnectWaiter] = {}
         self._terminated = False
         self._closing: tuple[str, float, list[int]] | None = None
+        self._send_order: dict[int, int] = {}
         self._close_reason = "connection closed"
         self.finished = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -512,7 +516,23 @@ class QuicConnectionDriver:
         data, addr = item  # type: ignore[misc]
         self.quic.receive_datagram(data, addr, now=now)
 
+    def set_stream_priority(self, stream_id: int, send_order: int) -> None:
+        self._send_order[stream_id] = send_order
+
+    def _order_streams(self) -> None:
+        # aioquic serves streams round-robin from this list; a stable sort by
+        # send order keeps that among equals and puts control streams (no
+        # send order) first, then higher priority, then newer groups.
+        order = self._send_order
+        queue = self.quic._streams_queue
+        queue.sort(key=lambda stream: -order.get(stream.stream_id, CONTROL_SEND_ORDER))
+        if len(order) > len(queue) * 2 + 64:
+            live = {stream.stream_id for stream in queue}
+            self._send_order = {k: v for k, v in order.items() if k in live}
+
     async def _flush(self) -> None:
+        if self._send_order:
+            self._order_streams()
         datagrams = self.quic.datagrams_to_send(now=trio.current_time())
         if datagrams:
             await self._endpoint.send_batch(self._transport, datagrams)

@@ -241,10 +241,13 @@ class WebTransportSendStream(trio.abc.SendStream):
         await trio.lowlevel.checkpoint()
 
     def reset(self, code: int = 0) -> None:
-        """Abandon the stream (RESET_STREAM with a WebTransport code)."""
-        if not self._finished and self._stop_code is None:
+        """Abandon the stream (RESET_STREAM with a WebTransport code). Also
+        after send_eof, while the peer has not acknowledged everything: the
+        relay drops a finished group its viewer is too far behind on."""
+        if self._stop_code is None and not (self._finished and self.backlog_bytes == 0):
             self._driver.reset_stream(self.stream_id, wt_code_to_h3(code))
         self._finished = True
+        self._stop_code = self._stop_code if self._stop_code is not None else code
 
     async def aclose(self) -> None:
         await self.send_eof()
@@ -341,6 +344,11 @@ class WebTransportSession:
         send = self.open_uni_stream_nowait()
         await trio.lowlevel.checkpoint()
         return send
+
+    def set_stream_priority(self, stream_id: int, send_order: int) -> None:
+        """Streams with a higher ``send_order`` are served first; streams never
+        given one (control streams) go ahead of all of them."""
+        self._driver.set_stream_priority(stream_id, send_order)
 
     def send_datagram(self, data: bytes) -> bool:
         """Send an unreliable datagram; False if the session is closed or the

@@ -6,8 +6,12 @@ unless SHOPCAST_E2E=required (set by .ci/run), which turns the skip into a
 failure so CI can never pass by skipping.
 """
 
+import contextlib
+import functools
+import http.server
 import os
 import shutil
+import threading
 
 import pytest
 
@@ -63,18 +67,89 @@ def chromium_flags() -> list[str]:
 
 
 @pytest.fixture
-async def running_server(tmp_path, nursery):
-    """The whole server (run_server) on 127.0.0.1 with an ephemeral port and a
-    fresh data directory; yields the Started record (``.app``, ``.port``)."""
+async def server_factory(tmp_path, nursery):
+    """A function that starts the whole server (run_server) on 127.0.0.1 with
+    an ephemeral port, a fresh data directory and the given config overrides
+    (``{"relay": {"latency_budget_ms": 100}}``); returns the Started record
+    (``.app``, ``.port``). Every server started is shut down at the end."""
     import trio
 
     from shopcast.server._app import run_server
     from shopcast.server._config import load_config
 
-    config = load_config(environ={}, overrides={"server": {
-        "host": "127.0.0.1", "port": 0, "data_dir": str(tmp_path / "data"), "drain_timeout_s": 2.0}})
-    shutdown = trio.Event()
-    started = await nursery.start(lambda task_status: run_server(
-        config, shutdown=shutdown, task_status=task_status))
-    yield started
-    shutdown.set()
+    shutdowns = []
+
+    async def start(overrides: dict | None = None):
+        layered = {"server": {"host": "127.0.0.1", "port": 0, "drain_timeout_s": 2.0,
+                              "data_dir": str(tmp_path / f"data{len(shutdowns)}")}}
+        for section, values in (overrides or {}).items():
+            layered.setdefault(section, {}).update(values)
+        config = load_config(environ={}, overrides=layered)
+        shutdown = trio.Event()
+        shutdowns.append(shutdown)
+        return await nursery.start(lambda task_status: run_server(
+            config, shutdown=shutdown, task_status=task_status))
+
+    yield start
+    for shutdown in shutdowns:
+        shutdown.set()
+
+
+@pytest.fixture
+async def running_server(server_factory):
+    """The whole server with the default configuration (demo room included);
+    yields the Started record (``.app``, ``.port``)."""
+    return await server_factory()
+
+
+WEB_DIR = os.path.join(os.path.dirname(__file__), "web")
+
+
+@pytest.fixture
+def web_packages() -> str:
+    """tests/web with its pinned npm packages installed (``npm ci`` there): the
+    directory holding node_modules/@moq/watch and node_modules/.bin/esbuild.
+    Skipped with the reason where they are missing, failed under
+    SHOPCAST_E2E=required, like the programs above."""
+    problems = []
+    for relative, what in (("node_modules/@moq/watch/package.json", "@moq/watch"),
+                           ("node_modules/.bin/esbuild", "esbuild")):
+        if not os.path.exists(os.path.join(WEB_DIR, relative)):
+            problems.append(what)
+    if not problems:
+        return WEB_DIR
+    reason = (f"{' and '.join(problems)} not installed in tests/web/node_modules "
+              f"(cd tests/web && npm ci)")
+    if os.environ.get("SHOPCAST_E2E") == "required":
+        pytest.fail(f"SHOPCAST_E2E=required but {reason}")
+    pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def _directory_server(directory):
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                          ".js": "text/javascript", ".html": "text/html; charset=utf-8"}
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def directory_server():
+    """A context manager serving a directory at http://127.0.0.1:PORT/ from a
+    thread, yielding that base URL. Browser tests load their pages from it: a
+    real loopback origin is a secure context, and Chromium's local network
+    access checks let it reach the server on 127.0.0.1 (a page fulfilled by
+    the test driver has no address and is refused)."""
+    return _directory_server

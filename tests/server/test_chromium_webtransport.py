@@ -2,11 +2,8 @@
 but the certificate hash published at /api/v1/server: no command-line flag,
 no trusted certificate."""
 
-import contextlib
-import http.server
 import json
 import ssl
-import threading
 import urllib.request
 
 import pytest
@@ -40,35 +37,6 @@ async function run(url, hashHex) {
 </script>"""
 
 
-@contextlib.contextmanager
-def page_server(html: str):
-    """Serve one page from http://127.0.0.1:PORT/: a loopback origin is a secure
-    context, and Chromium's local network access checks let it reach the
-    server on loopback (a page fulfilled by the test driver has no address
-    and would be refused)."""
-    body = html.encode()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "text/html; charset=utf-8")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def fetch_server_info(port: int) -> dict:
     # The test plays the platform: it reads the published hash over HTTPS
     # without trusting the self-signed certificate.
@@ -80,7 +48,8 @@ def fetch_server_info(port: int) -> dict:
 
 
 @pytest.mark.e2e
-async def test_chromium_connects_with_published_hash(running_server, chromium, chromium_flags):
+async def test_chromium_connects_with_published_hash(running_server, chromium, chromium_flags,
+                                                     directory_server, tmp_path):
     from playwright.async_api import async_playwright
 
     app = running_server.app
@@ -122,7 +91,8 @@ async def test_chromium_connects_with_published_hash(running_server, chromium, c
                     await browser.close()
         return asyncio.run(main())
 
-    with page_server(PAGE) as page_url:
+    (tmp_path / "index.html").write_text(PAGE)
+    with directory_server(tmp_path) as page_url:
         result = await trio.to_thread.run_sync(drive)
     assert result == {"text": "echo: hello from chromium", "datagram": "dg"}
     with trio.fail_after(5):
