@@ -14,7 +14,7 @@ def test_table_and_json(tmp_path, capsys, monkeypatch):
     ]
     monkeypatch.setattr(_micro, "run", lambda quick, progress: records)
     target = tmp_path / "bench.json"
-    assert bench.main(["--quick", "--json", str(target)]) == 0
+    assert bench.main(["--quick", "--suite", "micro", "--json", str(target)]) == 0
     table = capsys.readouterr().out
     assert table == format_table(records) + "\n"
     assert "0.500" in table and "packetize/x/copy" in table
