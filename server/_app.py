@@ -223,6 +223,11 @@ class ServerApp:
                            callback=lambda: {(b.name, t.name): t.subscriber_count
                                              for b in self.relay.broadcasts.values()
                                              for t in b.tracks.values()})
+        self.metrics.gauge("shopcast_relay_queued_bytes",
+                           "Bytes sent to a track's subscribers and not yet acknowledged.", labels,
+                           callback=lambda: {(b.name, t.name): t.queued_bytes()
+                                             for b in self.relay.broadcasts.values()
+                                             for t in b.tracks.values()})
         for name, attr, help_text in (
             ("shopcast_relay_frames_in_total", "frames_in", "Frames received from the publisher."),
             ("shopcast_relay_bytes_in_total", "bytes_in", "Frame bytes received from the publisher."),

@@ -102,6 +102,12 @@ class _Subscription:
         self._draining: list[tuple[WebTransportSendStream, float]] = []
         self._started: dict[int, float] = {}
 
+    @property
+    def queued_bytes(self) -> int:
+        """Unacknowledged bytes on this subscription's group streams."""
+        return sum(stream.backlog_bytes for stream in self._open.values()) + \
+            sum(stream.backlog_bytes for stream, _ in self._draining)
+
     def group_started(self, track: Track, group: Group) -> None:
         connection = self.connection
         self._drop_stale(group.started_at)

@@ -124,6 +124,11 @@ class Track:
     def subscriber_count(self) -> int:
         return len(self._sinks)
 
+    def queued_bytes(self) -> int:
+        """Bytes written to this track's subscribers and not yet acknowledged
+        by them: the depth of its send queues, for /metrics."""
+        return sum(getattr(sink, "queued_bytes", 0) for sink in self._sinks)
+
     def begin_group(self, sequence: int | None = None, *, end_previous: bool = True) -> Group:
         """Start a group (numbered ``sequence`` by its publisher, or the next
         number). A local publisher ends the previous group first; a relayed

@@ -120,6 +120,14 @@ async def test_late_joiner_starts_at_the_current_groups_keyframe(server_factory)
             assert first.payload == encode_frame(20, b"frame 20")
             rest = [await upstream.frames.receive() for _ in range(4)]
             assert [f.payload for f in rest] == [encode_frame(i, b"frame %d" % i) for i in range(21, 25)]
+            assert relay_track.subscriber_count == 1
+        # The viewer left: its subscription is gone from the track.
+        with trio.fail_after(10):
+            while relay_track.subscriber_count:
+                await trio.sleep(0.01)
+        metrics = started.app.metrics.render()
+        assert 'shopcast_relay_subscribers{broadcast="room1",track="video"} 0' in metrics
+        assert 'shopcast_relay_queued_bytes{broadcast="room1",track="video"}' in metrics
 
 
 async def test_frozen_viewer_has_groups_dropped_while_others_keep_up(server_factory):
