@@ -8,6 +8,8 @@ from shopcast.server._app import ServerApp, Started, run_server
 from shopcast.server._certs import Certificate, CertificateError, CertificateStore
 from shopcast.server._client import CertificateMismatch, open_webtransport
 from shopcast.server._config import Config, ConfigError, load_config, render_config
+from shopcast.server._moq_server import MoqServer, MoqSettings
+from shopcast.server._relay import Broadcast, Relay, RelayError, RelayLimits, Track
 from shopcast.server._tokens import ROLES, Claims, TokenAuthority, TokenError
 from shopcast.server._webtransport import (
     SessionClosed,
@@ -20,6 +22,13 @@ from shopcast.server._webtransport import (
 
 __all__ = [
     "ROLES",
+    "Broadcast",
+    "MoqServer",
+    "MoqSettings",
+    "Relay",
+    "RelayError",
+    "RelayLimits",
+    "Track",
     "Certificate",
     "CertificateError",
     "CertificateMismatch",
