@@ -11,7 +11,7 @@ from shopcast.bench._record import Record, format_table, to_json
 
 __all__ = ["Record", "main"]
 
-SUITES = ("micro", "fanout")
+SUITES = ("micro", "fanout", "latency")
 
 
 def main(argv: list[str]) -> int:
@@ -36,6 +36,9 @@ def main(argv: list[str]) -> int:
     if "fanout" in suites:
         from shopcast.bench import _fanout
         records += _fanout.run(arguments.quick, progress=sys.stderr, config=arguments.config)
+    if "latency" in suites:
+        from shopcast.bench import _latency
+        records += _latency.run(arguments.quick, progress=sys.stderr, config=arguments.config)
     print(format_table(records))
     if arguments.json:
         with open(arguments.json, "w", encoding="utf-8") as output:
