@@ -1,0 +1,502 @@
+"""The chat of one live room, sans-IO: message validation, rate limits, slow
+mode, moderation, batching per tick and reaction counts.
+
+Nothing here does I/O or reads a clock: the caller passes ``now_s`` (server
+time) and the live edge's media timestamp, and publishes what ``tick``
+returns as one object on the room's chat track. Bytes from viewers are
+untrusted: ``decode_request_untrusted`` refuses anything that is not a small,
+shallow msgpack map of the expected fields.
+"""
+
+from __future__ import annotations
+
+import enum
+import unicodedata
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+__all__ = [
+    "Author",
+    "AuditEntry",
+    "ChatBatch",
+    "ChatError",
+    "ChatLimits",
+    "ChatMessage",
+    "ChatRoom",
+    "Notice",
+    "Role",
+    "decode_request_untrusted",
+    "encode_batch",
+]
+
+
+class Role(str, enum.Enum):
+    """What an author is in a room."""
+
+    VIEWER = "viewer"
+    HOST = "host"
+    MODERATOR = "moderator"
+    OPERATOR = "operator"
+
+
+MODERATORS = (Role.HOST, Role.MODERATOR, Role.OPERATOR)
+
+
+class ChatError(Exception):
+    """A request refused: ``code`` for programs, ``field`` naming the part at fault."""
+
+    def __init__(self, code: str, message: str, field: str | None = None,
+                 retry_after_s: float | None = None) -> None:
+        self.code = code
+        self.field = field
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class ChatLimits:
+    """The ``[chat]`` bounds of one room."""
+
+    max_message_bytes: int = 500
+    """Largest message text, UTF-8 (bytes)."""
+    max_request_bytes: int = 2048
+    """Largest msgpack request from a viewer (bytes)."""
+    history_messages: int = 50
+    """Messages a joining viewer is sent (count)."""
+    transcript_messages: int = 100_000
+    """Messages kept for replay and download (count)."""
+    bucket_capacity: int = 5
+    """Messages an account may send in a burst (count)."""
+    bucket_refill_per_s: float = 0.5
+    """Messages per second an account earns back (1/s)."""
+    flood_strikes: int = 3
+    """Refusals for sending too fast before a temporary mute (count)."""
+    flood_mute_s: float = 60.0
+    """Length of that mute (s)."""
+    tick_s: float = 0.05
+    """Messages are published together once per tick (s)."""
+    reaction_interval_s: float = 0.1
+    """Reaction counts are published at most this often (s)."""
+    reactions: tuple[str, ...] = ("like", "heart", "fire", "clap", "laugh")
+    """Reaction kinds viewers may send."""
+    max_blocklist_terms: int = 1000
+    """Terms in one blocklist (count)."""
+
+
+@dataclass(frozen=True)
+class Author:
+    """Who sends a request, as the caller's accounts say."""
+
+    account_id: str
+    display_name: str
+    role: Role = Role.VIEWER
+    registered: bool = False
+    """False for an anonymous viewer."""
+    follows_host: bool = False
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """An accepted message, as every viewer receives it."""
+
+    id: int
+    author_id: str
+    author_name: str
+    author_role: str
+    text: str
+    reply_to: int | None
+    server_time_s: float
+    media_timestamp_us: int
+    """The live edge's media time when the message was accepted: players show
+    it when their playout reaches that moment; replays show it there too."""
+
+    @property
+    def from_host(self) -> bool:
+        return self.author_role == Role.HOST.value
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something only the sender is told (a refusal, a mute)."""
+
+    account_id: str
+    code: str
+    message: str
+    field: str | None = None
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One moderation action."""
+
+    time_s: float
+    actor_id: str
+    actor_role: str
+    action: str
+    target: str
+    detail: str = ""
+
+
+@dataclass
+class ChatBatch:
+    """What one tick publishes on the chat track."""
+
+    sequence: int
+    server_time_s: float
+    messages: list[ChatMessage] = field(default_factory=list)
+    deleted: list[int] = field(default_factory=list)
+    reactions: dict[str, int] = field(default_factory=dict)
+
+
+def encode_batch(batch: ChatBatch) -> bytes:
+    """The batch as the msgpack object the chat track carries."""
+    return msgpack.packb({
+        "seq": batch.sequence,
+        "t": batch.server_time_s,
+        "messages": [{
+            "id": m.id, "author": m.author_id, "name": m.author_name, "role": m.author_role,
+            "host": m.from_host, "text": m.text, "reply_to": m.reply_to,
+            "t": m.server_time_s, "media_us": m.media_timestamp_us,
+        } for m in batch.messages],
+        "deleted": batch.deleted,
+        "reactions": batch.reactions,
+    })
+
+
+_REQUEST_TYPES = {"message": {"type", "text", "reply_to"}, "reaction": {"type", "kind"}}
+
+
+def decode_request_untrusted(data: bytes, limits: ChatLimits) -> dict[str, Any]:
+    """A viewer's request: a msgpack map ``{"type": "message", "text", "reply_to"?}``
+    or ``{"type": "reaction", "kind"}``. Raises ChatError naming the field."""
+    if len(data) > limits.max_request_bytes:
+        raise ChatError("too_large", f"request exceeds {limits.max_request_bytes} bytes", "request")
+    unpacker = msgpack.Unpacker(
+        max_buffer_size=limits.max_request_bytes, max_str_len=limits.max_request_bytes,
+        max_bin_len=0, max_array_len=0, max_map_len=8, max_ext_len=0, raw=False,
+        strict_map_key=True)
+    unpacker.feed(data)
+    malformed = (ValueError, msgpack.StackError, msgpack.FormatError, UnicodeDecodeError)
+    try:
+        request = unpacker.unpack()
+    except msgpack.OutOfData:
+        raise ChatError("malformed", "request is incomplete msgpack", "request") from None
+    except malformed as exc:
+        raise ChatError("malformed", f"request is not a small msgpack map ({exc.__class__.__name__})",
+                        "request") from None
+    try:
+        unpacker.unpack()
+    except msgpack.OutOfData:
+        pass  # exactly one object, as wanted
+    except malformed:
+        raise ChatError("malformed", "one msgpack object per request", "request") from None
+    else:
+        raise ChatError("malformed", "one msgpack object per request", "request")
+    if not isinstance(request, dict):
+        raise ChatError("malformed", "request must be a map", "request")
+    kind = request.get("type")
+    if kind not in _REQUEST_TYPES:
+        raise ChatError("bad_type", "type must be 'message' or 'reaction'", "type")
+    unknown = set(request) - _REQUEST_TYPES[kind]
+    if unknown:
+        raise ChatError("unknown_field", f"unknown field {sorted(unknown)[0]!r}", sorted(unknown)[0])
+    if kind == "message":
+        text = request.get("text")
+        if not isinstance(text, str):
+            raise ChatError("bad_text", "text must be a string", "text")
+        reply_to = request.get("reply_to")
+        if reply_to is not None and (isinstance(reply_to, bool) or not isinstance(reply_to, int)):
+            raise ChatError("bad_reply_to", "reply_to must be a message id", "reply_to")
+    elif not isinstance(request.get("kind"), str):
+        raise ChatError("bad_kind", "kind must be a string", "kind")
+    return request
+
+
+def normalize_for_matching(text: str) -> str:
+    """Fold case and compatibility forms, so blocklists catch look-alikes."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def _clean_text(text: str, limits: ChatLimits) -> str:
+    text = unicodedata.normalize("NFC", text).strip()
+    if not text:
+        raise ChatError("empty", "message text is empty", "text")
+    if len(text.encode("utf-8")) > limits.max_message_bytes:
+        raise ChatError("too_long", f"message exceeds {limits.max_message_bytes} bytes", "text")
+    # Control characters (other than none at all) would let a message
+    # rewrite how others' lines look; emoji and every script are welcome.
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        raise ChatError("control_characters", "message contains control characters", "text")
+    return text
+
+
+class _Bucket:
+    __slots__ = ("tokens", "updated_s", "strikes")
+
+    def __init__(self, capacity: float, now_s: float) -> None:
+        self.tokens = capacity
+        self.updated_s = now_s
+        self.strikes = 0
+
+
+class ChatRoom:
+    """The chat of one room. Settings: ``slow_mode_s`` (0 or 1 to 300),
+    ``registered_only``, ``followers_only``, ``hold_for_review``, and the
+    room blocklist; ``global_blocklist`` is shared by every room."""
+
+    def __init__(self, room_id: str, limits: ChatLimits | None = None,
+                 global_blocklist: set[str] | None = None) -> None:
+        self.room_id = room_id
+        self.limits = limits or ChatLimits()
+        self.global_blocklist = global_blocklist if global_blocklist is not None else set()
+        self.blocklist: set[str] = set()
+        self.slow_mode_s = 0.0
+        self.registered_only = False
+        self.followers_only = False
+        self.hold_for_review = False
+        self.audit: list[AuditEntry] = []
+        self._next_id = 1
+        self._sequence = 0
+        self._visible: dict[int, ChatMessage] = {}
+        self._history: deque[ChatMessage] = deque(maxlen=self.limits.history_messages)
+        self._transcript: dict[int, tuple[ChatMessage, str]] = {}
+        self._pending: list[ChatMessage] = []
+        self._pending_deleted: list[int] = []
+        self._held: dict[int, ChatMessage] = {}
+        self._buckets: dict[str, _Bucket] = {}
+        self._last_message_s: dict[str, float] = {}
+        self._muted_until: dict[str, float] = {}
+        self._banned: set[str] = set()
+        self._reactions: dict[str, int] = {}
+        self._last_reactions_s = float("-inf")
+        self._last_tick_s = float("-inf")
+
+    # --- viewers -----------------------------------------------------------------------
+
+    def submit(self, author: Author, request: dict[str, Any], *, now_s: float,
+               media_timestamp_us: int) -> ChatMessage | None:
+        """Take a decoded request; returns the message when accepted (it is
+        published at the next tick), None when held for review or a reaction.
+        Raises ChatError (to be sent to this author only) when refused."""
+        if request["type"] == "reaction":
+            self.react(author, request["kind"], now_s=now_s)
+            return None
+        self._check_may_speak(author, now_s)
+        text = _clean_text(request["text"], self.limits)
+        reply_to = request.get("reply_to")
+        if reply_to is not None and reply_to not in self._visible:
+            raise ChatError("unknown_reply", "the message replied to is not in the chat", "reply_to")
+        flagged = self._blocked_term(text)
+        if flagged is not None and not self.hold_for_review:
+            raise ChatError("blocked", "the message contains a blocked term", "text")
+        self._take_token(author, now_s)
+        message = ChatMessage(self._next_id, author.account_id, author.display_name,
+                              author.role.value, text, reply_to, now_s, media_timestamp_us)
+        self._next_id += 1
+        self._last_message_s[author.account_id] = now_s
+        if flagged is not None:
+            # Hold-for-review mode: flagged messages wait for a moderator.
+            self._held[message.id] = message
+            self._record(message, "held")
+            return None
+        self._accept(message)
+        return message
+
+    def react(self, author: Author, kind: str, *, now_s: float) -> None:
+        """Count a reaction; counts go out every reaction interval, never one by one."""
+        if kind not in self.limits.reactions:
+            raise ChatError("unknown_reaction", f"reaction must be one of {', '.join(self.limits.reactions)}",
+                            "kind")
+        if author.account_id in self._banned:
+            raise ChatError("banned", "you are banned from this room", "account")
+        self._reactions[kind] = self._reactions.get(kind, 0) + 1
+
+    def history(self) -> list[ChatMessage]:
+        """The last messages still visible, oldest first, for a joining viewer."""
+        return [m for m in self._history if m.id in self._visible]
+
+    def is_banned(self, account_id: str) -> bool:
+        return account_id in self._banned
+
+    def transcript(self) -> list[tuple[ChatMessage, str]]:
+        """Every message kept, oldest first, with its status: visible,
+        deleted, held or rejected (for replay and the owner's download)."""
+        return list(self._transcript.values())
+
+    # --- publishing --------------------------------------------------------------------
+
+    def tick(self, *, now_s: float) -> ChatBatch | None:
+        """What to publish now: the messages and deletions since the last
+        tick and, once per reaction interval, the reaction counts. None when
+        there is nothing, or the tick interval has not passed."""
+        if now_s - self._last_tick_s < self.limits.tick_s:
+            return None
+        reactions: dict[str, int] = {}
+        if self._reactions and now_s - self._last_reactions_s >= self.limits.reaction_interval_s:
+            reactions, self._reactions = self._reactions, {}
+            self._last_reactions_s = now_s
+        if not (self._pending or self._pending_deleted or reactions):
+            return None
+        self._last_tick_s = now_s
+        self._sequence += 1
+        batch = ChatBatch(self._sequence, now_s, self._pending, self._pending_deleted, reactions)
+        self._pending, self._pending_deleted = [], []
+        return batch
+
+    # --- moderation --------------------------------------------------------------------
+
+    def delete(self, actor: Author, message_id: int, *, now_s: float) -> None:
+        self._require_moderator(actor)
+        if message_id not in self._visible:
+            raise ChatError("unknown_message", "no such message in the chat", "message_id")
+        self._remove(message_id)
+        self._log(now_s, actor, "delete", str(message_id))
+
+    def mute(self, actor: Author, account_id: str, seconds: float, *, now_s: float) -> None:
+        """Silence an account for ``seconds``; its messages disappear from view."""
+        self._require_moderator(actor)
+        if not 1 <= seconds <= 30 * 86400:
+            raise ChatError("bad_duration", "mute for 1 s to 30 days", "seconds")
+        self._muted_until[account_id] = now_s + seconds
+        self._remove_author(account_id)
+        self._log(now_s, actor, "mute", account_id, f"{seconds:g} s")
+
+    def unmute(self, actor: Author, account_id: str, *, now_s: float) -> None:
+        self._require_moderator(actor)
+        self._muted_until.pop(account_id, None)
+        self._log(now_s, actor, "unmute", account_id)
+
+    def ban(self, actor: Author, account_id: str, *, now_s: float) -> None:
+        """Ban an account from the room (the caller also ends its sessions)."""
+        self._require_moderator(actor)
+        self._banned.add(account_id)
+        self._remove_author(account_id)
+        self._log(now_s, actor, "ban", account_id)
+
+    def set_blocklist(self, actor: Author, terms: list[str], *, now_s: float) -> None:
+        self._require_moderator(actor)
+        if len(terms) > self.limits.max_blocklist_terms:
+            raise ChatError("too_many_terms", f"at most {self.limits.max_blocklist_terms} terms", "terms")
+        self.blocklist = {normalize_for_matching(t) for t in terms if t.strip()}
+        self._log(now_s, actor, "blocklist", self.room_id, f"{len(self.blocklist)} terms")
+
+    def set_mode(self, actor: Author, *, now_s: float, slow_mode_s: float | None = None,
+                 registered_only: bool | None = None, followers_only: bool | None = None,
+                 hold_for_review: bool | None = None) -> None:
+        self._require_moderator(actor)
+        if slow_mode_s is not None:
+            if slow_mode_s != 0 and not 1 <= slow_mode_s <= 300:
+                raise ChatError("bad_slow_mode", "slow mode is 0 (off) or 1 to 300 s", "slow_mode_s")
+            self.slow_mode_s = slow_mode_s
+        for name, value in (("registered_only", registered_only), ("followers_only", followers_only),
+                            ("hold_for_review", hold_for_review)):
+            if value is not None:
+                setattr(self, name, value)
+        self._log(now_s, actor, "mode", self.room_id,
+                  f"slow={self.slow_mode_s:g} registered={self.registered_only} "
+                  f"followers={self.followers_only} review={self.hold_for_review}")
+
+    def held(self) -> list[ChatMessage]:
+        """Messages waiting for review, oldest first."""
+        return list(self._held.values())
+
+    def approve(self, actor: Author, message_id: int, *, now_s: float) -> None:
+        self._require_moderator(actor)
+        message = self._held.pop(message_id, None)
+        if message is None:
+            raise ChatError("unknown_message", "no such held message", "message_id")
+        self._accept(message)
+        self._log(now_s, actor, "approve", str(message_id))
+
+    def reject(self, actor: Author, message_id: int, *, now_s: float) -> None:
+        self._require_moderator(actor)
+        message = self._held.pop(message_id, None)
+        if message is None:
+            raise ChatError("unknown_message", "no such held message", "message_id")
+        self._record(message, "rejected")
+        self._log(now_s, actor, "reject", str(message_id))
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _check_may_speak(self, author: Author, now_s: float) -> None:
+        if author.account_id in self._banned:
+            raise ChatError("banned", "you are banned from this room", "account")
+        until = self._muted_until.get(author.account_id)
+        if until is not None and now_s < until:
+            raise ChatError("muted", "you are muted", "account", retry_after_s=until - now_s)
+        if author.role in MODERATORS:
+            return
+        if self.registered_only and not author.registered:
+            raise ChatError("registered_only", "only registered accounts may chat here", "account")
+        if self.followers_only and not author.follows_host:
+            raise ChatError("followers_only", "only followers of the host may chat here", "account")
+        last = self._last_message_s.get(author.account_id)
+        if self.slow_mode_s and last is not None and now_s - last < self.slow_mode_s:
+            wait = self.slow_mode_s - (now_s - last)
+            raise ChatError("slow_mode", f"slow mode: wait {wait:.0f} s", "text", retry_after_s=wait)
+
+    def _take_token(self, author: Author, now_s: float) -> None:
+        if author.role in MODERATORS:
+            return
+        limits = self.limits
+        bucket = self._buckets.get(author.account_id)
+        if bucket is None:
+            bucket = self._buckets[author.account_id] = _Bucket(limits.bucket_capacity, now_s)
+        bucket.tokens = min(limits.bucket_capacity,
+                            bucket.tokens + (now_s - bucket.updated_s) * limits.bucket_refill_per_s)
+        bucket.updated_s = now_s
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return
+        bucket.strikes += 1
+        if bucket.strikes >= limits.flood_strikes:
+            bucket.strikes = 0
+            self._muted_until[author.account_id] = now_s + limits.flood_mute_s
+            self._log(now_s, Author("system", "system", Role.OPERATOR), "mute", author.account_id,
+                      f"flooding: {limits.flood_mute_s:g} s")
+            raise ChatError("flood_muted", f"too many messages: muted for {limits.flood_mute_s:g} s",
+                            "text", retry_after_s=limits.flood_mute_s)
+        raise ChatError("rate_limited", "sending too fast", "text",
+                        retry_after_s=(1 - bucket.tokens) / limits.bucket_refill_per_s)
+
+    def _blocked_term(self, text: str) -> str | None:
+        folded = normalize_for_matching(text)
+        for term in (*self.blocklist, *self.global_blocklist):
+            if term and term in folded:
+                return term
+        return None
+
+    def _record(self, message: ChatMessage, status: str) -> None:
+        self._transcript[message.id] = (message, status)
+        if len(self._transcript) > self.limits.transcript_messages:
+            del self._transcript[next(iter(self._transcript))]
+
+    def _accept(self, message: ChatMessage) -> None:
+        self._visible[message.id] = message
+        self._history.append(message)
+        self._record(message, "visible")
+        self._pending.append(message)
+
+    def _remove(self, message_id: int) -> None:
+        message = self._visible.pop(message_id, None)
+        if message is not None:
+            self._record(message, "deleted")
+            self._pending = [m for m in self._pending if m.id != message_id]
+            self._pending_deleted.append(message_id)
+
+    def _remove_author(self, account_id: str) -> None:
+        for message_id in [i for i, m in self._visible.items() if m.author_id == account_id]:
+            self._remove(message_id)
+        for message_id in [i for i, m in self._held.items() if m.author_id == account_id]:
+            del self._held[message_id]
+
+    def _require_moderator(self, actor: Author) -> None:
+        if actor.role not in MODERATORS:
+            raise ChatError("forbidden", "only the host, moderators and operators may moderate", "role")
+
+    def _log(self, now_s: float, actor: Author, action: str, target: str, detail: str = "") -> None:
+        self.audit.append(AuditEntry(now_s, actor.account_id, actor.role.value, action, target, detail))
