@@ -6,10 +6,37 @@ moq-lite / WebTransport (also used by the tests and benchmarks).
         upstream = await client.subscribe("demo", "video")
         async for frame in upstream.frames:
             ...
+
+Datagram mode (low latency, FEC and resends; docs/datagram-mode.md):
+
+    async with subscribe_datagrams("https://localhost:8443/dgram", "demo", "video",
+                                   certificate_sha256=sha256) as subscription:
+        async for frame in subscription.frames:
+            ...
 """
 
+from shopcast.server._datagram_client import (
+    DatagramClient,
+    DatagramFrame,
+    DatagramRefused,
+    DatagramSubscription,
+    connect_datagrams,
+    subscribe_datagrams,
+)
 from shopcast.server._moq_client import MoqClient, connect
 from shopcast.server._moq_server import ReceivedFrame, Upstream
 from shopcast.server.moq import decode_frame_untrusted
 
-__all__ = ["MoqClient", "ReceivedFrame", "Upstream", "connect", "decode_frame_untrusted"]
+__all__ = [
+    "DatagramClient",
+    "DatagramFrame",
+    "DatagramRefused",
+    "DatagramSubscription",
+    "MoqClient",
+    "ReceivedFrame",
+    "Upstream",
+    "connect",
+    "connect_datagrams",
+    "decode_frame_untrusted",
+    "subscribe_datagrams",
+]

@@ -28,8 +28,10 @@ __all__ = [
     "ChatRoom",
     "Notice",
     "Role",
+    "REQUEST_TYPES",
     "decode_request_untrusted",
     "encode_batch",
+    "message_record",
 ]
 
 
@@ -152,33 +154,55 @@ class ChatBatch:
     reactions: dict[str, int] = field(default_factory=dict)
 
 
+def message_record(message: ChatMessage) -> dict[str, Any]:
+    """A message as viewers receive it (msgpack or JSON)."""
+    return {"id": message.id, "author": message.author_id, "name": message.author_name,
+            "role": message.author_role, "host": message.from_host, "text": message.text,
+            "reply_to": message.reply_to, "t": message.server_time_s,
+            "media_us": message.media_timestamp_us}
+
+
 def encode_batch(batch: ChatBatch) -> bytes:
     """The batch as the msgpack object the chat track carries."""
     return msgpack.packb({
         "seq": batch.sequence,
         "t": batch.server_time_s,
-        "messages": [{
-            "id": m.id, "author": m.author_id, "name": m.author_name, "role": m.author_role,
-            "host": m.from_host, "text": m.text, "reply_to": m.reply_to,
-            "t": m.server_time_s, "media_us": m.media_timestamp_us,
-        } for m in batch.messages],
+        "messages": [message_record(m) for m in batch.messages],
         "deleted": batch.deleted,
         "reactions": batch.reactions,
     })
 
 
-_REQUEST_TYPES = {"message": {"type", "text", "reply_to"}, "reaction": {"type", "kind"}}
+# Each request type: its fields and (type check, required). Numbers accept
+# ints and floats; bools are never numbers.
+_NUMBER = (int, float)
+_SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "message": {"text": ((str,), True), "reply_to": ((int,), False)},
+    "reaction": {"kind": ((str,), True)},
+    "delete": {"message_id": ((int,), True)},
+    "approve": {"message_id": ((int,), True)},
+    "reject": {"message_id": ((int,), True)},
+    "held": {},
+    "mute": {"account": ((str,), True), "seconds": (_NUMBER, True)},
+    "unmute": {"account": ((str,), True)},
+    "ban": {"account": ((str,), True)},
+    "mode": {"slow_mode_s": (_NUMBER, False), "registered_only": ((bool,), False),
+             "followers_only": ((bool,), False), "hold_for_review": ((bool,), False)},
+    "blocklist": {"terms": ((list,), True)},
+}
+REQUEST_TYPES = tuple(_SCHEMAS)
 
 
 def decode_request_untrusted(data: bytes, limits: ChatLimits) -> dict[str, Any]:
-    """A viewer's request: a msgpack map ``{"type": "message", "text", "reply_to"?}``
-    or ``{"type": "reaction", "kind"}``. Raises ChatError naming the field."""
+    """A request from a chat session: a small msgpack map with a ``type``
+    (message, reaction, or a moderation action) and that type's fields.
+    Raises ChatError naming the field at fault."""
     if len(data) > limits.max_request_bytes:
         raise ChatError("too_large", f"request exceeds {limits.max_request_bytes} bytes", "request")
     unpacker = msgpack.Unpacker(
         max_buffer_size=limits.max_request_bytes, max_str_len=limits.max_request_bytes,
-        max_bin_len=0, max_array_len=0, max_map_len=8, max_ext_len=0, raw=False,
-        strict_map_key=True)
+        max_bin_len=0, max_array_len=limits.max_blocklist_terms, max_map_len=8, max_ext_len=0,
+        raw=False, strict_map_key=True)
     unpacker.feed(data)
     malformed = (ValueError, msgpack.StackError, msgpack.FormatError, UnicodeDecodeError)
     try:
@@ -199,20 +223,22 @@ def decode_request_untrusted(data: bytes, limits: ChatLimits) -> dict[str, Any]:
     if not isinstance(request, dict):
         raise ChatError("malformed", "request must be a map", "request")
     kind = request.get("type")
-    if kind not in _REQUEST_TYPES:
-        raise ChatError("bad_type", "type must be 'message' or 'reaction'", "type")
-    unknown = set(request) - _REQUEST_TYPES[kind]
-    if unknown:
-        raise ChatError("unknown_field", f"unknown field {sorted(unknown)[0]!r}", sorted(unknown)[0])
-    if kind == "message":
-        text = request.get("text")
-        if not isinstance(text, str):
-            raise ChatError("bad_text", "text must be a string", "text")
-        reply_to = request.get("reply_to")
-        if reply_to is not None and (isinstance(reply_to, bool) or not isinstance(reply_to, int)):
-            raise ChatError("bad_reply_to", "reply_to must be a message id", "reply_to")
-    elif not isinstance(request.get("kind"), str):
-        raise ChatError("bad_kind", "kind must be a string", "kind")
+    schema = _SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise ChatError("bad_type", "type must be one of " + ", ".join(REQUEST_TYPES), "type")
+    for name in request:
+        if name != "type" and name not in schema:
+            raise ChatError("unknown_field", f"unknown field {name!r} for {kind}", str(name))
+    for name, (types, required) in schema.items():
+        value = request.get(name)
+        if value is None:
+            if required:
+                raise ChatError(f"missing_{name}", f"{kind} needs {name}", name)
+            continue
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise ChatError(f"bad_{name}", f"{name} has the wrong type", name)
+    if kind == "blocklist" and not all(isinstance(t, str) for t in request["terms"]):
+        raise ChatError("bad_terms", "terms must be strings", "terms")
     return request
 
 
@@ -274,6 +300,39 @@ class ChatRoom:
         self._reactions: dict[str, int] = {}
         self._last_reactions_s = float("-inf")
         self._last_tick_s = float("-inf")
+
+    # --- one entry point ---------------------------------------------------------------
+
+    def handle(self, author: Author, request: dict[str, Any], *, now_s: float,
+               media_timestamp_us: int) -> dict[str, Any]:
+        """Carry out a decoded request of any type; returns the reply for its
+        sender. Raises ChatError for a refusal."""
+        kind = request["type"]
+        if kind in ("message", "reaction"):
+            message = self.submit(author, request, now_s=now_s, media_timestamp_us=media_timestamp_us)
+            if message is not None:
+                return {"type": "ok", "id": message.id}
+            return {"type": "held" if kind == "message" else "ok"}
+        if kind == "delete":
+            self.delete(author, request["message_id"], now_s=now_s)
+        elif kind == "approve":
+            self.approve(author, request["message_id"], now_s=now_s)
+        elif kind == "reject":
+            self.reject(author, request["message_id"], now_s=now_s)
+        elif kind == "held":
+            self._require_moderator(author)
+            return {"type": "held_messages", "messages": [message_record(m) for m in self.held()]}
+        elif kind == "mute":
+            self.mute(author, request["account"], float(request["seconds"]), now_s=now_s)
+        elif kind == "unmute":
+            self.unmute(author, request["account"], now_s=now_s)
+        elif kind == "ban":
+            self.ban(author, request["account"], now_s=now_s)
+        elif kind == "mode":
+            self.set_mode(author, now_s=now_s, **{k: v for k, v in request.items() if k != "type"})
+        elif kind == "blocklist":
+            self.set_blocklist(author, request["terms"], now_s=now_s)
+        return {"type": "ok"}
 
     # --- viewers -----------------------------------------------------------------------
 

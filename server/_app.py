@@ -7,24 +7,31 @@ with ``await nursery.start(run_server, config)`` and get the bound ports.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 import shopcast
+from shopcast.server._auth import bearer_claims_untrusted
 from shopcast.server._certs import Certificate, CertificateStore
 from shopcast.server._config import Config
+from shopcast.server._datagram import DatagramServer
 from shopcast.server._http import serve_https
 from shopcast.server._log import get_logger
 from shopcast.server._metrics import CONTENT_TYPE, Registry
+from shopcast.plugins._chat_engine import ChatLimits, message_record
 from shopcast.server._hang_mux import HangMuxer, load_flv_clip, play_clip
+from shopcast.server._interaction import InteractionService, InteractionSettings
 from shopcast.server._moq_server import MoqServer, MoqSettings
 from shopcast.server._quic import H3Request, H3Response, QuicEndpoint, bind_udp_sockets
 from shopcast.server._relay import Relay, RelayLimits
+from shopcast.server._rtmp import RtmpServer
+from shopcast.server._stream_keys import StreamKeyStore
 from shopcast.server._routing import (
     HTTPError,
     Request,
@@ -32,7 +39,7 @@ from shopcast.server._routing import (
     Router,
     request_from_pseudo_headers_untrusted,
 )
-from shopcast.server._tokens import ApiKey, Claims, TokenAuthority, TokenError, load_or_create_api_key
+from shopcast.server._tokens import ApiKey, Claims, TokenAuthority, load_or_create_api_key
 from shopcast.server.moq import Limits as MoqLimits
 
 __all__ = ["ServerApp", "Started", "resolve_addresses", "run_server"]
@@ -114,11 +121,47 @@ class ServerApp:
                 max_peer_subscriptions=relay.max_subscriptions_per_session,
                 max_peer_announce_interests=relay.max_announce_interests_per_session)))
         self.quic.session_handlers[relay.path] = self.moq.handle_session
+        chat = config.chat
+        self.interaction = InteractionService(self.relay, InteractionSettings(
+            limits=ChatLimits(
+                max_message_bytes=chat.max_message_bytes, max_request_bytes=chat.max_request_bytes,
+                history_messages=chat.history_messages, transcript_messages=chat.transcript_messages,
+                bucket_capacity=chat.bucket_capacity, bucket_refill_per_s=chat.bucket_refill_per_s,
+                flood_strikes=chat.flood_strikes, flood_mute_s=chat.flood_mute_s,
+                tick_s=chat.tick_ms / 1000, reaction_interval_s=chat.reaction_interval_ms / 1000,
+                reactions=chat.reactions, max_blocklist_terms=chat.max_blocklist_terms),
+            viewers_interval_s=chat.viewers_interval_ms / 1000,
+            chat_group_s=chat.group_ms / 1000, global_blocklist=chat.global_blocklist))
+        self.quic.session_handlers[chat.path] = self.interaction.handle_session
+        # Datagram mode (server/_datagram.py): its own path, beside moq-lite.
+        self.datagram = DatagramServer(self.relay, config.datagram, config.media)
+        self.quic.session_handlers[config.datagram.path] = self.datagram.handle_session
         self.port = config.server.port
         self.public_host = (config.server.public_names or ("localhost",))[0]
         self.stop_accepting = trio.Event()
+        self.stream_keys = StreamKeyStore(self.data_dir, secret_file=config.rtmp.stream_key_secret_file)
+        self.rtmp = RtmpServer(config.rtmp, relay=self.relay, stream_keys=self.stream_keys,
+                               metrics=self.metrics, public_host=self.public_host)
         self._register_metrics()
         self._register_routes()
+        self.rtmp.register_routes(self.router, self.authorize)
+        # Plugins (plugins/): found and checked here, so a bad plugin stops
+        # start-up at once; their tables, routes and tasks come in start_plugins.
+        # Imported here: shopcast.plugins imports shopcast.server's routing.
+        from shopcast.plugins import Api, Database, PluginManager
+
+        self.plugins = PluginManager(enabled=config.plugins.enabled,
+                                     disabled=config.plugins.disabled)
+        self.plugins.load_entry_points()
+        self.plugins.check()
+        self.db = Database.in_data_dir(self.data_dir, busy_timeout_s=config.storage.busy_timeout_s,
+                                       synchronous=config.storage.synchronous)
+        self.api = Api(self.router, self.tokens)
+
+    @property
+    def rtmp_port(self) -> int:
+        """The RTMP port (the bound one once listening)."""
+        return self.rtmp.port
 
     # --- identity -------------------------------------------------------------
 
@@ -128,20 +171,8 @@ class ServerApp:
 
     def authorize(self, request: Request, *, roles: tuple[str, ...], room: str | None = None) -> Claims:
         """The verified bearer token of ``request``, or HTTPError 401/403."""
-        header = request.header("authorization") or ""
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPError(401, "missing_token", "an Authorization: Bearer token is required",
-                            "authorization")
-        try:
-            claims = self.tokens.verify_untrusted(token.strip(), now=time.time())
-        except TokenError as exc:
-            raise HTTPError(401, f"token_{exc.reason}", str(exc), "authorization") from None
-        if claims.role not in roles:
-            raise HTTPError(403, "forbidden", f"role {claims.role} may not do this; allowed: "
-                            + ", ".join(roles), "authorization")
-        if room is not None and not claims.allows_room(room):
-            raise HTTPError(403, "forbidden", f"token is not for room {room}", "authorization")
+        claims = bearer_claims_untrusted(request, self.tokens, roles=roles, room=room)
+        assert claims is not None  # anonymous requests are refused above
         return claims
 
     # --- routes -----------------------------------------------------------------
@@ -151,6 +182,36 @@ class ServerApp:
         add("GET", "/healthz", self._healthz, "healthz")
         add("GET", "/metrics", self._metrics_route, "metrics")
         add("GET", "/api/v1/server", self._server_info, "server_info")
+        add("GET", "/api/v1/rooms/{room_id}/viewers", self._viewers, "room_viewers")
+        add("GET", "/api/v1/rooms/{room_id}/chat", self._chat_download, "room_chat_download")
+
+    async def _viewers(self, request: Request, room_id: str) -> Response:
+        broadcast = self.relay.broadcasts.get(room_id)
+        if broadcast is None:
+            raise HTTPError(404, "not_found", f"room {room_id} is not live", "room_id")
+        return Response.json({"room_id": room_id, **broadcast.viewers.snapshot()})
+
+    async def _chat_download(self, request: Request, room_id: str) -> Response:
+        """The room's whole chat, for its owner (host token) or operators: JSON, or CSV
+        with ?format=csv."""
+        self.authorize(request, roles=("host", "operator", "service"), room=room_id)
+        room = self.interaction.rooms.get(room_id)
+        records = [] if room is None else [
+            {**message_record(m), "status": status} for m, status in room.transcript()]
+        fmt = request.query.get("format", "json")
+        if fmt == "json":
+            return Response.json({"room_id": room_id, "messages": records})
+        if fmt != "csv":
+            raise HTTPError(400, "bad_format", "format must be json or csv", "format")
+        out = io.StringIO()
+        writer = csv.writer(out)
+        columns = ["id", "t", "media_us", "author", "name", "role", "host", "reply_to", "status", "text"]
+        writer.writerow(columns)
+        for record in records:
+            writer.writerow([record[c] if record[c] is not None else "" for c in columns])
+        return Response(200, [("content-type", "text/csv; charset=utf-8"),
+                              ("content-disposition", f'attachment; filename="chat-{room_id}.csv"')],
+                        out.getvalue().encode("utf-8"))
 
     async def _healthz(self, request: Request) -> Response:
         return Response.json({"status": "ok"})
@@ -209,6 +270,7 @@ class ServerApp:
         ):
             self.metrics.counter_callback(name, help_text, callback=lambda a=attr: getattr(stats, a))
         self._register_relay_metrics()
+        self.datagram.register_metrics(self.metrics)
 
     def _register_relay_metrics(self) -> None:
         labels = ("broadcast", "track")
@@ -251,6 +313,19 @@ class ServerApp:
             self.metrics.counter_callback(name, help_text, callback=lambda a=attr: getattr(moq, a))
 
     # --- lifecycle -------------------------------------------------------------------
+
+    async def start_plugins(self, nursery: trio.Nursery) -> None:
+        """Configure the plugins, open and migrate the database, register
+        their routes and start their background tasks in ``nursery``; before
+        the server listens."""
+        plugins = self.plugins
+        await plugins.collect("shopcast_configure", app=self, plugins=plugins)
+        for permissions in await plugins.collect("shopcast_register_permissions"):
+            plugins.permissions.update(permissions)
+        migrations = [m for ms in await plugins.collect("shopcast_register_tables") for m in ms]
+        await self.db.open(migrations)
+        await plugins.collect("shopcast_register_routes", api=self.api)
+        await plugins.collect("shopcast_startup", app=self, nursery=nursery)
 
     async def run_demo_room(self) -> None:
         """Loop the demo clip as the demo room's live broadcast; never returns."""
@@ -301,6 +376,7 @@ async def run_server(config: Config, *, shutdown: trio.Event | None = None,
     port = app.port = sockets[0].getsockname()[1]
     shutdown = shutdown if shutdown is not None else trio.Event()
     async with trio.open_nursery() as nursery:
+        await app.start_plugins(nursery)
         await nursery.start(app.quic.serve, sockets)
         https_done = trio.Event()
 
@@ -319,9 +395,24 @@ async def run_server(config: Config, *, shutdown: trio.Event | None = None,
                 https_done.set()
 
         await nursery.start(https)
+        await trio.to_thread.run_sync(app.stream_keys.initialize)
+        rtmp_done = trio.Event()
+        if config.rtmp.enabled:
+            async def rtmp(task_status: trio.TaskStatus[int]) -> None:
+                try:
+                    await app.rtmp.serve(
+                        resolve_addresses(config.rtmp.host or config.server.host), config.rtmp.port,
+                        stop_accepting=app.stop_accepting, task_status=task_status)
+                finally:
+                    rtmp_done.set()
+
+            await nursery.start(rtmp)
+        else:
+            rtmp_done.set()
         nursery.start_soon(app.renew_certificate_forever)
         if config.demo.enabled:
             nursery.start_soon(app.run_demo_room)
+        await nursery.start(app.interaction.run)
         log.info("listening", addresses=",".join(addresses), port=port,
                  url=f"https://localhost:{port}/", certificate_sha256=app.certificate.sha256_hex)
         task_status.started(Started(app, port))
@@ -334,5 +425,8 @@ async def run_server(config: Config, *, shutdown: trio.Event | None = None,
         with trio.move_on_after(config.server.drain_timeout_s):
             await app.quic.wait_all_closed()
             await https_done.wait()
+            await rtmp_done.wait()
+        await app.plugins.notify("shopcast_shutdown", app=app)
         nursery.cancel_scope.cancel()
+    await app.db.close()
     log.info("stopped")

@@ -1,4 +1,4 @@
-"""The ``shopcast`` command line: serve, config, cert, token, bench.
+"""The ``shopcast`` command line: serve, config, cert, token, push-url, bench.
 
 Exit status: 0 on success, 2 for a configuration or usage error (the message
 names the key or flag), 1 for anything else that stops a command.
@@ -67,6 +67,24 @@ def _build_parser() -> argparse.ArgumentParser:
     token.add_argument("--subject", default="cli", metavar="NAME",
                        help="who holds the token (default: cli)")
 
+    push = commands.add_parser(
+        "push-url", help="print a room's RTMP push URL with its stream key",
+        description="Print rtmp://HOST:PORT/live/STREAM_KEY for ROOM, making the room (owned by "
+                    "the operator) and its key when they do not exist yet. Works while the server "
+                    "runs: both use the database in the data directory.")
+    _add_config_flags(push, network=False)
+    push.add_argument("room", metavar="ROOM", help="the room id (names its broadcast)")
+    push.add_argument("--rotate", action="store_true",
+                      help="replace the key; the old one is refused from then on")
+
+    operator = commands.add_parser(
+        "operator", help="create an operator account",
+        description="Create an operator account (operators cannot register through the API). "
+                    "The password is read from standard input, one line, or asked for.")
+    _add_config_flags(operator, network=False)
+    operator.add_argument("action", choices=("create",), help="what to do")
+    operator.add_argument("name", metavar="NAME", help="the operator's account name")
+
     bench = commands.add_parser("bench", help="run the benchmark suite", add_help=False,
                                 description="Run the benchmark suite (see `shopcast bench --help`).")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
@@ -114,8 +132,18 @@ def _cmd_serve(config: Config) -> int:
                 nursery.start_soon(watch_signals)
                 _print_banner(await nursery.start(run_then_stop))
 
-    trio.run(serve)
-    return 0
+    from shopcast.plugins import PluginError
+
+    failed = False
+    try:
+        trio.run(serve)
+    except* PluginError as group:
+        # A plugin that cannot load (an unknown hook, a missing dependency) is
+        # a configuration error: say which, exit 2.
+        for exc in group.exceptions:
+            print(f"shopcast: plugin error: {exc}", file=sys.stderr)
+        failed = True
+    return EXIT_CONFIG if failed else 0
 
 
 def _print_banner(started: Any) -> None:
@@ -180,6 +208,44 @@ def _cmd_token(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_push_url(config: Config, args: argparse.Namespace) -> int:
+    from shopcast.server._rtmp import push_url
+    from shopcast.server._stream_keys import StreamKeyStore, valid_room_id
+
+    if not valid_room_id(args.room):
+        print(f"shopcast push-url: invalid room id {args.room!r}: 1 to 64 letters, digits, '_', '.' "
+              "or '-', starting with a letter or digit", file=sys.stderr)
+        return EXIT_CONFIG
+    store = StreamKeyStore(config.data_path, secret_file=config.rtmp.stream_key_secret_file)
+    store.initialize()
+    key = store.rotate(args.room) if args.rotate else store.get_or_create(args.room)
+    rtmp = config.rtmp
+    host = rtmp.public_host or (config.server.public_names or ("localhost",))[0]
+    if key.created:
+        print(f"made room {args.room} (owner: operator) and its stream key", file=sys.stderr)
+    elif args.rotate:
+        print(f"new stream key for room {args.room}; the previous one no longer works", file=sys.stderr)
+    print(push_url(host, rtmp.port, rtmp.app, key.key))
+    return 0
+
+
+def _cmd_operator(config: Config, args: argparse.Namespace) -> int:
+    import getpass
+
+    from shopcast.plugins._accounts import create_operator
+    from shopcast.server._routing import HTTPError
+
+    password = (sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty()
+                else getpass.getpass(f"password for operator {args.name}: "))
+    try:
+        account = trio.run(create_operator, config, args.name, password)
+    except (ValueError, HTTPError) as exc:
+        print(f"shopcast operator: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"operator {account['name']} created (id {account['id']})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``shopcast`` console script."""
     parser = _build_parser()
@@ -199,8 +265,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_serve(config)
     if args.command == "config":
         return _cmd_config(config)
+    if args.command == "operator":
+        return _cmd_operator(config, args)
     if args.command == "cert":
         return _cmd_cert(config)
+    if args.command == "push-url":
+        return _cmd_push_url(config, args)
     return _cmd_token(config, args)
 
 

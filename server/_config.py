@@ -163,12 +163,188 @@ class RelayConfig:
 
 
 @dataclass(frozen=True)
+class RtmpConfig:
+    """[rtmp]: RTMP ingest from OBS and ffmpeg, and its limits."""
+
+    enabled: bool = _spec()
+    host: str = _spec()
+    port: int = _spec(min=0, max=65535)
+    app: str = _spec()
+    public_host: str = _spec()
+    stream_key_secret_file: str = _spec()
+    max_connections: int = _spec(min=1, max=1_000_000, unit="count")
+    handshake_timeout_s: float = _spec(min=0.1, max=600.0, unit="s")
+    idle_timeout_s: float = _spec(min=0.1, max=3600.0, unit="s")
+    receive_bytes: int = _spec(min=1024, max=1 << 24, unit="bytes")
+    min_chunk_size: int = _spec(min=1, max=0x7FFFFFFF, unit="bytes")
+    max_chunk_size: int = _spec(min=128, max=0x7FFFFFFF, unit="bytes")
+    out_chunk_size: int = _spec(min=128, max=0x7FFFFFFF, unit="bytes")
+    max_message_bytes: int = _spec(min=1024, max=1 << 30, unit="bytes")
+    max_chunk_streams: int = _spec(min=2, max=65599, unit="count")
+    max_buffered_bytes: int = _spec(min=1024, max=1 << 32, unit="bytes")
+    ack_window_bytes: int = _spec(min=1024, max=0x7FFFFFFF, unit="bytes")
+    peer_bandwidth_bytes: int = _spec(min=1024, max=0x7FFFFFFF, unit="bytes")
+    amf0_max_depth: int = _spec(min=1, max=256, unit="count")
+    amf0_max_items: int = _spec(min=8, max=1_000_000, unit="count")
+
+    def __post_init__(self) -> None:
+        if self.min_chunk_size > self.max_chunk_size:
+            raise ValueError("rtmp.min_chunk_size must not exceed rtmp.max_chunk_size")
+        if not self.app or "/" in self.app:
+            raise ValueError(f"rtmp.app must be one path segment, got {self.app!r}")
+
+
+@dataclass(frozen=True)
+class DatagramConfig:
+    """[datagram]: the low-latency datagram mode's path and limits (docs/datagram-mode.md)."""
+
+    path: str = _spec()
+    history_packets: int = _spec(min=64, max=32768, unit="packets")
+    max_subscriptions_per_session: int = _spec(min=1, max=10_000, unit="count")
+    max_control_message_bytes: int = _spec(min=256, max=1 << 20, unit="bytes")
+    max_nack_seqs: int = _spec(min=1, max=570, unit="count")
+    resend_rate_packets_per_s: float = _spec(min=0.0, max=1e7, unit="packets/s")
+    resend_burst_packets: int = _spec(min=0, max=1_000_000, unit="packets")
+    max_queued_datagrams: int = _spec(min=16, max=1_000_000, unit="packets")
+
+    def __post_init__(self) -> None:
+        size = self.history_packets
+        if size & (size - 1):
+            # Sequence numbers are 16 bits: a power of two keeps seq % size stable as they wrap.
+            raise ValueError(f"datagram.history_packets must be a power of two, not {size}")
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """[demo]: the looping demo room."""
 
     enabled: bool = _spec()
     room: str = _spec()
     clip: str = _spec()
+
+
+# --- plugins, storage, accounts, rooms, webhooks (plugins/) -------------------------
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """[storage]: the SQLite database <data_dir>/shopcast.db."""
+
+    busy_timeout_s: float = _spec(min=0.0, max=600.0, unit="s")
+    synchronous: str = _spec(choices=("normal", "full"))
+
+
+@dataclass(frozen=True)
+class PluginsConfig:
+    """[plugins]: which entry points of the group ``shopcast.plugins`` load."""
+
+    enabled: tuple[str, ...] = _spec()
+    disabled: tuple[str, ...] = _spec()
+
+
+@dataclass(frozen=True)
+class AccountsConfig:
+    """[accounts]: registration, passwords, sessions and activity limits."""
+
+    terms_version: str = _spec()
+    terms_url: str = _spec()
+    access_token_ttl_s: int = _spec(min=60, max=31536000, unit="s")
+    refresh_token_ttl_s: int = _spec(min=60, max=31536000, unit="s")
+    scrypt_n: int = _spec(min=1024, max=1 << 20, unit="count")
+    scrypt_r: int = _spec(min=1, max=32, unit="count")
+    scrypt_p: int = _spec(min=1, max=16, unit="count")
+    name_min_chars: int = _spec(min=1, max=64, unit="chars")
+    name_max_chars: int = _spec(min=1, max=64, unit="chars")
+    display_name_max_chars: int = _spec(min=1, max=256, unit="chars")
+    password_min_chars: int = _spec(min=6, max=128, unit="chars")
+    password_max_chars: int = _spec(min=8, max=4096, unit="chars")
+    url_max_chars: int = _spec(min=16, max=8192, unit="chars")
+    comment_max_chars: int = _spec(min=1, max=10000, unit="chars")
+    login_failures_max: int = _spec(min=1, max=1000, unit="count")
+    login_failure_window_s: float = _spec(min=1.0, max=86400.0, unit="s")
+    require_verified_host: bool = _spec()
+
+    def __post_init__(self) -> None:
+        if self.name_min_chars > self.name_max_chars:
+            raise ValueError("accounts.name_min_chars must not exceed accounts.name_max_chars")
+        if self.password_min_chars > self.password_max_chars:
+            raise ValueError("accounts.password_min_chars must not exceed accounts.password_max_chars")
+        if self.scrypt_n & (self.scrypt_n - 1):
+            raise ValueError(f"accounts.scrypt_n must be a power of two, got {self.scrypt_n}")
+
+
+@dataclass(frozen=True)
+class RoomsConfig:
+    """[rooms]: room fields' limits, automatic start and end, search and recommendations."""
+
+    title_max_chars: int = _spec(min=1, max=1000, unit="chars")
+    description_max_chars: int = _spec(min=0, max=100000, unit="chars")
+    keywords_max: int = _spec(min=0, max=100, unit="count")
+    hashtags_max: int = _spec(min=0, max=100, unit="count")
+    tag_max_chars: int = _spec(min=1, max=100, unit="chars")
+    team_max: int = _spec(min=0, max=1000, unit="count")
+    target_regions_max: int = _spec(min=0, max=300, unit="count")
+    duration_min_s: int = _spec(min=1, max=86400, unit="s")
+    duration_max_s: int = _spec(min=1, max=604800, unit="s")
+    schedule_horizon_days: int = _spec(min=1, max=3650, unit="days")
+    auto_end_grace_s: float = _spec(min=0.0, max=86400.0, unit="s")
+    push_lost_end_after_s: float = _spec(min=0.0, max=3600.0, unit="s")
+    tick_interval_s: float = _spec(min=0.05, max=3600.0, unit="s")
+    page_size_default: int = _spec(min=1, max=1000, unit="count")
+    page_size_max: int = _spec(min=1, max=1000, unit="count")
+    search_query_max_chars: int = _spec(min=1, max=1000, unit="chars")
+    recommend_follow_weight: float = _spec(min=0.0, max=1000.0, unit="ratio")
+    recommend_hashtag_weight: float = _spec(min=0.0, max=1000.0, unit="ratio")
+    recommend_language_weight: float = _spec(min=0.0, max=1000.0, unit="ratio")
+    recommend_popularity_weight: float = _spec(min=0.0, max=1000.0, unit="ratio")
+
+    def __post_init__(self) -> None:
+        if self.duration_min_s > self.duration_max_s:
+            raise ValueError("rooms.duration_min_s must not exceed rooms.duration_max_s")
+        if self.page_size_default > self.page_size_max:
+            raise ValueError("rooms.page_size_default must not exceed rooms.page_size_max")
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """[webhooks]: signed event delivery to the platform, from a persisted outbox."""
+
+    urls: tuple[str, ...] = _spec()
+    secret: str = _spec()
+    timeout_s: float = _spec(min=0.1, max=300.0, unit="s")
+    retry_base_s: float = _spec(min=0.001, max=3600.0, unit="s")
+    retry_max_s: float = _spec(min=0.001, max=86400.0, unit="s")
+    max_attempts: int = _spec(min=1, max=1000, unit="count")
+    batch_events: int = _spec(min=1, max=10000, unit="count")
+
+    def __post_init__(self) -> None:
+        for url in self.urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"webhooks.urls must hold http:// or https:// URLs, got {url!r}")
+        if self.retry_base_s > self.retry_max_s:
+            raise ValueError("webhooks.retry_base_s must not exceed webhooks.retry_max_s")
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    """[chat]: live chat, reactions and view counts."""
+
+    path: str = _spec()
+    max_message_bytes: int = _spec(min=1, max=65536, unit="bytes")
+    max_request_bytes: int = _spec(min=64, max=65535, unit="bytes")
+    history_messages: int = _spec(min=0, max=10_000, unit="count")
+    transcript_messages: int = _spec(min=1, max=10_000_000, unit="count")
+    bucket_capacity: int = _spec(min=1, max=10_000, unit="count")
+    bucket_refill_per_s: float = _spec(min=0.001, max=1000.0, unit="1/s")
+    flood_strikes: int = _spec(min=1, max=1000, unit="count")
+    flood_mute_s: float = _spec(min=1.0, max=86400.0, unit="s")
+    tick_ms: int = _spec(min=10, max=10_000, unit="ms")
+    reaction_interval_ms: int = _spec(min=10, max=60_000, unit="ms")
+    reactions: tuple[str, ...] = _spec()
+    max_blocklist_terms: int = _spec(min=0, max=100_000, unit="count")
+    viewers_interval_ms: int = _spec(min=100, max=60_000, unit="ms")
+    group_ms: int = _spec(min=100, max=600_000, unit="ms")
+    global_blocklist: tuple[str, ...] = _spec()
 
 
 @dataclass(frozen=True)
@@ -185,6 +361,14 @@ class Config:
     media: MediaConfig
     relay: RelayConfig
     demo: DemoConfig
+    chat: ChatConfig
+    datagram: DatagramConfig
+    rtmp: RtmpConfig
+    storage: StorageConfig
+    plugins: PluginsConfig
+    accounts: AccountsConfig
+    rooms: RoomsConfig
+    webhooks: WebhooksConfig
 
     @property
     def data_path(self) -> Path:
@@ -370,6 +554,9 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     if not config.relay.path.startswith("/"):
         raise ConfigError("relay.path", f"must start with '/', got {config.relay.path!r}",
                           sources.get("relay.path", ""))
+    if not config.datagram.path.startswith("/") or config.datagram.path == config.relay.path:
+        raise ConfigError("datagram.path", f"must start with '/' and differ from relay.path, got "
+                          f"{config.datagram.path!r}", sources.get("datagram.path", ""))
     if bool(config.tokens.api_key) != bool(config.tokens.api_secret):
         raise ConfigError("tokens.api_key", "tokens.api_key and tokens.api_secret are set together "
                           "or not at all", sources.get("tokens.api_key", "")

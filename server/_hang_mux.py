@@ -8,6 +8,7 @@ ingest, so that every source produces the same broadcast shape.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -56,7 +57,20 @@ class HangMuxer:
         self._audio: AudioRendition | None = None
         self._length_size = 4
         self._audio_new_group = True
+        self._video_hints: dict[str, float | int] = {}
+        self._audio_hints: dict[str, float | int] = {}
         self.frames_written = 0
+
+    def set_stream_info(self, *, video_bitrate_bps: int | None = None, framerate_fps: float | None = None,
+                        audio_bitrate_bps: int | None = None) -> None:
+        """Hints from the publisher's metadata (RTMP ``onMetaData``) for what
+        the sequence headers do not say; used by the next catalog."""
+        if video_bitrate_bps:
+            self._video_hints["bitrate_bps"] = video_bitrate_bps
+        if framerate_fps:
+            self._video_hints["framerate_fps"] = framerate_fps
+        if audio_bitrate_bps:
+            self._audio_hints["bitrate_bps"] = audio_bitrate_bps
 
     def push(self, tag: FlvTag, offset_ms: int = 0) -> None:
         """Take one tag; ``offset_ms`` is added to its time (looping clips)."""
@@ -112,9 +126,16 @@ class HangMuxer:
         self.frames_written += 1
 
     def _publish_catalog(self) -> None:
+        video, audio = self._video, self._audio
+        if video is not None:
+            video = dataclasses.replace(video, **{k: v for k, v in self._video_hints.items()
+                                                  if getattr(video, k) is None})
+        if audio is not None:
+            audio = dataclasses.replace(audio, **{k: v for k, v in self._audio_hints.items()
+                                                  if getattr(audio, k) is None})
         catalog = Catalog(
-            video=(self._video,) if self._video else (),
-            audio=(self._audio,) if self._audio else (),
+            video=(video,) if video else (),
+            audio=(audio,) if audio else (),
         )
         # Tracks exist before the catalog naming them is sent, so a viewer
         # that reads the catalog can subscribe to them at once.

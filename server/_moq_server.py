@@ -254,7 +254,9 @@ class MoqConnection:
     """
 
     def __init__(self, session: WebTransportSession, *, role: Role, relay: Relay,
-                 settings: "MoqSettings", stats: "SubscriberStats") -> None:
+                 settings: "MoqSettings", stats: "SubscriberStats",
+                 server: "MoqServer | None" = None) -> None:
+        self.server = server or _NO_SERVER
         self.role = role
         self.relay = relay
         self.settings = settings
@@ -271,6 +273,7 @@ class MoqConnection:
         self._upstream: dict[int, Upstream] = {}
         self._nursery: trio.Nursery | None = None
         self._stop_listening: Callable[[], None] | None = None
+        self._watching: set[Broadcast] = set()
 
     # --- transport ----------------------------------------------------------------------------
 
@@ -443,6 +446,12 @@ class MoqConnection:
         self.flush()
         await self._read_stream(stream, False)
 
+    def _identity(self) -> str:
+        claims = self.session.claims
+        if claims is not None:
+            return f"account:{claims.subject}"
+        return f"address:{self.session.remote_address[0]}"
+
     def _may_watch(self, broadcast: Broadcast) -> bool:
         if self.role is Role.CLIENT or not broadcast.private:
             return True
@@ -459,6 +468,9 @@ class MoqConnection:
             self.moq.reject_subscribe(event.stream_id, ErrorCode.UNAUTHORIZED)
             return
         track = broadcast.tracks[event.track]
+        if broadcast.viewers.joined(self, self._identity()):
+            self._watching.add(broadcast)
+            self.server.on_viewer(broadcast, True)
         subscription = _Subscription(self, event.stream_id, track)
         if not self.moq.accept_subscribe(event.stream_id):
             return
@@ -570,6 +582,10 @@ class MoqConnection:
     def _cleanup(self) -> None:
         if self._stop_listening is not None:
             self._stop_listening()
+        for broadcast in self._watching:
+            if broadcast.viewers.left(self):
+                self.server.on_viewer(broadcast, False)
+        self._watching.clear()
         for subscription in list(self.subscriptions.values()):
             subscription.track.unsubscribe(subscription)
         self.subscriptions.clear()
@@ -579,6 +595,16 @@ class MoqConnection:
         for upstream in self._upstream.values():
             upstream._end(None)
         self._upstream.clear()
+
+
+class _NoServer:
+    """A client connection's stand-in for the MoqServer: nobody counts viewers."""
+
+    def on_viewer(self, broadcast: Broadcast, joined: bool) -> None:
+        pass
+
+
+_NO_SERVER = _NoServer()
 
 
 async def _set_then_cancel(wait: Callable, scope: trio.CancelScope) -> None:
@@ -593,9 +619,16 @@ class MoqServer:
         self.relay = relay
         self.settings = settings or MoqSettings()
         self.stats = SubscriberStats()
+        self.viewer_listeners: list[Callable[[Broadcast, bool], None]] = []
+
+    def on_viewer(self, broadcast: Broadcast, joined: bool) -> None:
+        """Called when a session starts or stops watching a broadcast; the
+        view counts are already updated. Set ``viewer_listeners`` to hear it."""
+        for listener in self.viewer_listeners:
+            listener(broadcast, joined)
 
     async def handle_session(self, session: WebTransportSession) -> None:
         """The session handler registered for the moq path."""
         await MoqConnection(session, role=Role.SERVER, relay=self.relay,
-                            settings=self.settings, stats=self.stats).run()
+                            settings=self.settings, stats=self.stats, server=self).run()
 

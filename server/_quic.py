@@ -225,6 +225,11 @@ class QuicEndpoint:
         self._configuration: QuicConfiguration | None = None
         self._configuration_cert: Certificate | None = None
         self.sockets: list[socket.socket] = []
+        # Connections with application data to send, flushed together by one
+        # task: writing a frame to many viewers costs one task switch, not
+        # one per viewer.
+        self._dirty: dict[QuicConnectionDriver, None] = {}
+        self._dirty_event = trio.Event()
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -247,6 +252,7 @@ class QuicEndpoint:
                 self._nursery = nursery
                 for sock in sockets:
                     nursery.start_soon(self._receive_loop, sock)
+                nursery.start_soon(self._flush_loop)
                 task_status.started()
                 # Without sockets (in-memory tests) the nursery would end at
                 # once; keep the endpoint alive until cancelled.
@@ -254,6 +260,19 @@ class QuicEndpoint:
         finally:
             for sock in sockets:
                 sock.close()
+
+    def _mark_dirty(self, driver: "QuicConnectionDriver") -> None:
+        self._dirty[driver] = None
+        self._dirty_event.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event = trio.Event()
+            dirty, self._dirty = self._dirty, {}
+            for driver in dirty:
+                await driver.flush_now()
+            await trio.lowlevel.checkpoint()
 
     def stop_accepting(self) -> None:
         """Refuse new connections and sessions from now on."""
@@ -377,7 +396,7 @@ class QuicEndpoint:
         self.stats.connections_open += 1
         self.stats.connections_total += 1
         self._nursery.start_soon(driver.run)
-        driver.wake()
+        driver._poke()
         return driver
 
     def _sendto(self, transport: DatagramTransport, data: bytes, addr: tuple) -> bool:
@@ -388,13 +407,14 @@ class QuicEndpoint:
         return True
 
     async def send_batch(self, transport: DatagramTransport,
-                         datagrams: list[tuple[bytes, tuple]]) -> None:
+                         datagrams: list[tuple[bytes, tuple]], *, checkpoint: bool = True) -> None:
         """Send datagrams without a checkpoint per packet; wait only when the
         send buffer is full."""
         for data, addr in datagrams:
             while not self._sendto(transport, data, addr):
                 await transport.wait_writable()
-        await trio.lowlevel.checkpoint()
+        if checkpoint:
+            await trio.lowlevel.checkpoint()
 
     def _add_route(self, cid: bytes, driver: "QuicConnectionDriver") -> None:
         self._routes[cid] = driver
@@ -447,6 +467,7 @@ class QuicConnectionDriver:
         self._inbound_send, self._inbound_recv = trio.open_memory_channel[object](
             endpoint._qc.inbound_queue_packets)
         self._wakeup_pending = False
+        self._timer_scope: trio.CancelScope | None = None
         self._progress = trio.Event()
         self._sessions: dict[int, WebTransportSession] = {}
         self._stream_session: dict[int, int] = {}
@@ -491,8 +512,11 @@ class QuicConnectionDriver:
             if self._closing is not None:
                 timer_at = min(timer_at or math.inf, self._closing[1])
             item = None
-            with trio.move_on_at(timer_at if timer_at is not None else math.inf):
+            with trio.move_on_at(timer_at if timer_at is not None else math.inf) as scope:
+                # flush_now may move this deadline earlier after sending.
+                self._timer_scope = scope
                 item = await self._inbound_recv.receive()
+            self._timer_scope = None
             now = trio.current_time()
             if item is not None:
                 self._ingest(item, now)
@@ -501,6 +525,7 @@ class QuicConnectionDriver:
                         self._ingest(self._inbound_recv.receive_nowait(), now)
                     except trio.WouldBlock:
                         break
+            timer_at = quic.get_timer()
             if timer_at is not None and now >= timer_at:
                 quic.handle_timer(now)
             self._process_events()
@@ -537,8 +562,26 @@ class QuicConnectionDriver:
         if datagrams:
             await self._endpoint.send_batch(self._transport, datagrams)
 
+    async def flush_now(self) -> None:
+        """Send what the application queued, from the endpoint's flush task."""
+        if self._terminated:
+            return
+        if self._send_order:
+            self._order_streams()
+        datagrams = self.quic.datagrams_to_send(now=trio.current_time())
+        if datagrams:
+            await self._endpoint.send_batch(self._transport, datagrams, checkpoint=False)
+        timer_at = self.quic.get_timer()
+        scope = self._timer_scope
+        if scope is not None and timer_at is not None and timer_at < scope.deadline:
+            scope.deadline = timer_at
+
     def wake(self) -> None:
-        """Ask the connection task to send what the application queued."""
+        """Have queued application data sent soon (by the endpoint's flush task)."""
+        self._endpoint._mark_dirty(self)
+
+    def _poke(self) -> None:
+        """Make the connection task itself run once more (closing needs it)."""
         if not self._wakeup_pending:
             try:
                 self._inbound_send.send_nowait(_WAKEUP)
@@ -574,7 +617,7 @@ class QuicConnectionDriver:
             session.close(0, reason)
         self._closing = (reason, trio.current_time() + self._endpoint._qc.close_grace_s,
                          [s.session_id for s in sessions])
-        self.wake()
+        self._poke()
 
     def _close_if_due(self, now: float) -> None:
         if self._closing is None or self._terminated:
@@ -910,6 +953,12 @@ class QuicConnectionDriver:
         if stream is None:
             return 0
         return len(stream.sender._buffer)
+
+    @property
+    def datagram_backlog(self) -> int:
+        # aioquic queues DATAGRAM frames without bound while congestion
+        # control holds them and exposes no count; its queue's length is it.
+        return len(self.quic._datagrams_pending)
 
     def send_webtransport_datagram(self, session_id: int, data: bytes) -> bool:
         assert self._h3 is not None

@@ -18,6 +18,7 @@ import trio
 
 __all__ = [
     "Broadcast",
+    "ViewerCounts",
     "Group",
     "Relay",
     "RelayError",
@@ -226,6 +227,42 @@ class Track:
             sink.track_ended(self)
 
 
+class ViewerCounts:
+    """Who is watching a broadcast: concurrent, unique and peak viewers.
+
+    A viewer is a session (keyed by the caller); ``identity`` (an account or,
+    for anonymous viewers, an address) makes unique viewers unique.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[object, str] = {}
+        self._identities: set[str] = set()
+        self.peak = 0
+
+    @property
+    def concurrent(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def unique(self) -> int:
+        return len(self._identities)
+
+    def joined(self, session: object, identity: str) -> bool:
+        """Count a session watching; False if it was already counted."""
+        if session in self._sessions:
+            return False
+        self._sessions[session] = identity
+        self._identities.add(identity)
+        self.peak = max(self.peak, len(self._sessions))
+        return True
+
+    def left(self, session: object) -> bool:
+        return self._sessions.pop(session, None) is not None
+
+    def snapshot(self) -> dict[str, int]:
+        return {"concurrent": self.concurrent, "unique": self.unique, "peak": self.peak}
+
+
 class Broadcast:
     """One live broadcast (a room's, named by the room id)."""
 
@@ -239,6 +276,7 @@ class Broadcast:
         self.ended = trio.Event()
         self.on_keyframe_request = on_keyframe_request
         self._last_keyframe_request: dict[str, float] = {}
+        self.viewers = ViewerCounts()
 
     def track(self, name: str) -> Track:
         """The track called ``name``, created on first use."""

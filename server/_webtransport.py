@@ -357,6 +357,20 @@ class WebTransportSession:
             return False
         return self._driver.send_webtransport_datagram(self.session_id, data)
 
+    def receive_datagram_nowait(self) -> bytes | None:
+        """A datagram already received, or None when there is none (or the
+        session is closed): lets a reader take a whole batch per wake-up."""
+        try:
+            return self._dgram_recv.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return None
+
+    @property
+    def datagram_backlog(self) -> int:
+        """Datagrams queued on this session's connection and not yet sent
+        (congestion control holds them; all of the connection's sessions)."""
+        return self._driver.datagram_backlog
+
     async def receive_datagram(self) -> bytes:
         """The next datagram from the peer. Raises SessionClosed."""
         try:

@@ -69,9 +69,10 @@ def chromium_flags() -> list[str]:
 @pytest.fixture
 async def server_factory(tmp_path, nursery):
     """A function that starts the whole server (run_server) on 127.0.0.1 with
-    an ephemeral port, a fresh data directory and the given config overrides
-    (``{"relay": {"latency_budget_ms": 100}}``); returns the Started record
-    (``.app``, ``.port``). Every server started is shut down at the end."""
+    ephemeral ports (HTTPS/QUIC and RTMP), a fresh data directory and the
+    given config overrides (``{"relay": {"latency_budget_ms": 100}}``);
+    returns the Started record (``.app``, ``.port``; ``.app.rtmp_port``).
+    Every server started is shut down at the end."""
     import trio
 
     from shopcast.server._app import run_server
@@ -81,7 +82,8 @@ async def server_factory(tmp_path, nursery):
 
     async def start(overrides: dict | None = None):
         layered = {"server": {"host": "127.0.0.1", "port": 0, "drain_timeout_s": 2.0,
-                              "data_dir": str(tmp_path / f"data{len(shutdowns)}")}}
+                              "data_dir": str(tmp_path / f"data{len(shutdowns)}")},
+                   "rtmp": {"port": 0}}
         for section, values in (overrides or {}).items():
             layered.setdefault(section, {}).update(values)
         config = load_config(environ={}, overrides=layered)
@@ -153,3 +155,32 @@ def directory_server():
     access checks let it reach the server on 127.0.0.1 (a page fulfilled by
     the test driver has no address and is refused)."""
     return _directory_server
+
+
+# --- RTMP ingest (tests/rtmp) ------------------------------------------------------------
+#
+# This replaces the server_factory above (pytest takes the last definition of a
+# name): the same, plus RTMP on an ephemeral port, so that no test binds 1935
+# and tests on a shared machine never collide. The bound port is
+# ``started.app.rtmp_port``.
+
+
+@pytest.fixture
+def moq_watch_helpers():
+    """The @moq/watch page helpers of tests/relay/test_moq_watch_chromium.py
+    (``build_bundle``, ``watch_rooms``, ``CANVAS_SAMPLE``...), loaded from that
+    file so other end-to-end tests drive the same player the same way."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "relay", "test_moq_watch_chromium.py")
+    spec = importlib.util.spec_from_file_location("_shopcast_moq_watch_helpers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _rtmp_on_ephemeral_port(monkeypatch):
+    """`shopcast serve` started by a test (tests/server/test_app.py) listens for
+    RTMP on a free port rather than 1935, so tests never collide on it."""
+    monkeypatch.setenv("SHOPCAST_RTMP__PORT", "0")

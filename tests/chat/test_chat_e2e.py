@@ -1,0 +1,193 @@
+"""Chat and view counts over loopback: chat sessions at /chat, the room's
+chat and viewers tracks over moq-lite, moderation, bad input, downloads."""
+
+import contextlib
+import json
+import ssl
+import time
+import urllib.request
+
+import msgpack
+import pytest
+import trio
+
+from shopcast.client import connect
+from shopcast.server._client import open_webtransport
+
+
+def token(started, role: str, subject: str, room: str = "demo") -> str:
+    return started.app.tokens.mint(subject=subject, role=role, room=room, ttl_s=600, now=time.time())
+
+
+class ChatSession:
+    """A chat client: requests out, replies in, on one bidirectional stream."""
+
+    def __init__(self, session, stream) -> None:
+        self.session = session
+        self.stream = stream
+        self._buffer = bytearray()
+
+    async def request(self, **fields) -> dict:
+        await self.send_raw(msgpack.packb(fields))
+        return await self.receive()
+
+    async def send_raw(self, payload: bytes) -> None:
+        await self.stream.send_all(len(payload).to_bytes(2, "big") + payload)
+
+    async def receive(self) -> dict:
+        while True:
+            if len(self._buffer) >= 2:
+                size = int.from_bytes(self._buffer[:2], "big")
+                if len(self._buffer) >= 2 + size:
+                    message = msgpack.unpackb(bytes(self._buffer[2:2 + size]))
+                    del self._buffer[:2 + size]
+                    return message
+            chunk = await self.stream.receive_some()
+            if not chunk:
+                raise EOFError("chat stream ended")
+            self._buffer += chunk
+
+
+def chat_url(started, tok: str, room: str = "demo") -> str:
+    return f"https://127.0.0.1:{started.port}/chat?room={room}&token={tok}"
+
+
+@contextlib.asynccontextmanager
+async def open_chat(started, tok, room="demo"):
+    async with open_webtransport(chat_url(started, tok, room),
+                                 certificate_sha256=started.app.certificate.sha256_hex) as session:
+        stream = await session.accept_stream()  # the server opens the chat stream
+        chat = ChatSession(session, stream)
+        chat.history = await chat.receive()
+        assert chat.history["type"] == "history"
+        yield chat
+
+
+async def test_viewers_chat_with_each_other_and_see_counts(running_server):
+    # Sessions close in reverse order, in this task (trio nurseries nest).
+    async with contextlib.AsyncExitStack() as stack:
+        started = running_server
+        sha = started.app.certificate.sha256_hex
+        alice = await stack.enter_async_context(open_chat(started, token(started, "viewer", "alice")))
+        bob = await stack.enter_async_context(open_chat(started, token(started, "viewer", "bob")))
+        async with connect(f"https://127.0.0.1:{started.port}/moq", certificate_sha256=sha) as watcher:
+            chat_track = await watcher.subscribe("demo", "chat")
+            viewers_track = await watcher.subscribe("demo", "viewers")
+            reply = await alice.request(type="message", text="hello bob 👋")
+            assert reply["type"] == "ok"
+            first = reply["id"]
+            reply = await bob.request(type="message", text="hi alice! 🎉", reply_to=first)
+            assert reply["type"] == "ok"
+            await alice.request(type="reaction", kind="heart")
+            seen, reactions = [], {}
+            with trio.fail_after(10):
+                while len(seen) < 2 or not reactions:
+                    batch = msgpack.unpackb((await chat_track.frames.receive()).payload)
+                    seen += [(m["name"], m["text"], m["reply_to"]) for m in batch["messages"]]
+                    reactions.update(batch["reactions"])
+            assert seen == [("alice", "hello bob 👋", None), ("bob", "hi alice! 🎉", first)]
+            assert reactions == {"heart": 1}
+            # The watcher is one viewer; a third joins and the count goes up.
+            with trio.fail_after(10):
+                counts = msgpack.unpackb((await viewers_track.frames.receive()).payload)
+                while counts["concurrent"] < 1:
+                    counts = msgpack.unpackb((await viewers_track.frames.receive()).payload)
+            before = counts["concurrent"]
+            async with connect(f"https://127.0.0.1:{started.port}/moq", certificate_sha256=sha) as third:
+                await third.subscribe("demo", "video")
+                with trio.fail_after(10):
+                    while counts["concurrent"] <= before:
+                        counts = msgpack.unpackb((await viewers_track.frames.receive()).payload)
+                assert counts["peak"] >= before + 1
+        # A late joiner gets the history.
+        carol = await stack.enter_async_context(open_chat(started, token(started, "viewer", "carol")))
+        history = carol.history
+        assert [m["text"] for m in history["messages"]] == ["hello bob 👋", "hi alice! 🎉"]
+
+
+async def test_moderator_mute_takes_effect_at_once_and_viewers_cannot_moderate(running_server):
+    # Sessions close in reverse order, in this task (trio nurseries nest).
+    async with contextlib.AsyncExitStack() as stack:
+        started = running_server
+        host = await stack.enter_async_context(open_chat(started, token(started, "host", "the-host")))
+        viewer = await stack.enter_async_context(open_chat(started, token(started, "viewer", "spammer")))
+        sent = await viewer.request(type="message", text="buy followers")
+        assert sent["type"] == "ok"
+        refused = await viewer.request(type="mute", account="the-host", seconds=60)
+        assert refused["type"] == "notice" and refused["code"] == "forbidden"
+        assert (await host.request(type="mute", account="spammer", seconds=60))["type"] == "ok"
+        muted = await viewer.request(type="message", text="still here?")
+        assert muted["code"] == "muted" and muted["retry_after_s"] > 0
+        room = started.app.interaction.rooms["demo"]
+        assert sent["id"] not in [m.id for m in room.history()]
+        assert [e.action for e in room.audit] == ["mute"]
+        # A ban ends the banned viewer's chat session.
+        assert (await host.request(type="ban", account="spammer"))["type"] == "ok"
+        with trio.fail_after(10):
+            await viewer.session.wait_closed()
+        assert "banned" in viewer.session.close_reason
+
+
+@pytest.mark.parametrize("payload, field", [
+    (msgpack.packb({"type": "message", "text": "x" * 600}), "text"),
+    (msgpack.packb({"type": "message", "text": 42}), "text"),
+    (b"\xa2\xc3\x28", "request"),                    # invalid UTF-8
+    (b"\x91" * 1500 + b"\xc0", "request"),            # deeply nested
+    (b"\xdb\x7f\xff\xff\xff", "request"),            # a 2 GiB string declared
+])
+async def test_bad_messages_get_an_error_for_that_sender_alone(running_server, payload, field):
+    # Sessions close in reverse order, in this task (trio nurseries nest).
+    async with contextlib.AsyncExitStack() as stack:
+        started = running_server
+        bad = await stack.enter_async_context(open_chat(started, token(started, "viewer", "mallory")))
+        good = await stack.enter_async_context(open_chat(started, token(started, "viewer", "grace")))
+        await bad.send_raw(payload)
+        notice = await bad.receive()
+        assert notice["type"] == "notice" and notice["field"] == field
+        assert (await good.request(type="message", text="all fine here"))["type"] == "ok"
+        assert (await bad.request(type="message", text="and me, properly"))["type"] == "ok"
+
+
+async def test_chat_needs_a_token_for_the_room(running_server):
+    started = running_server
+    for url in (f"https://127.0.0.1:{started.port}/chat?room=demo",
+                chat_url(started, token(started, "viewer", "x", room="other"))):
+        async with open_webtransport(url, certificate_sha256=started.app.certificate.sha256_hex) as s:
+            with trio.fail_after(10):
+                await s.wait_closed()
+            assert s.close_code == 6
+
+
+async def test_owner_downloads_the_chat_as_csv_and_json(running_server):
+    # Sessions close in reverse order, in this task (trio nurseries nest).
+    async with contextlib.AsyncExitStack() as stack:
+        started = running_server
+        alice = await stack.enter_async_context(open_chat(started, token(started, "viewer", "alice")))
+        await alice.request(type="message", text='quotes "and", commas')
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+
+        def get(path: str, tok: str | None) -> tuple[int, bytes]:
+            request = urllib.request.Request(f"https://127.0.0.1:{started.port}{path}")
+            if tok:
+                request.add_header("Authorization", f"Bearer {tok}")
+            try:
+                with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                    return response.status, response.read()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read()
+
+        host = token(started, "host", "the-host")
+        status, body = await trio.to_thread.run_sync(get, "/api/v1/rooms/demo/chat", host)
+        assert status == 200
+        assert [m["text"] for m in json.loads(body)["messages"]] == ['quotes "and", commas']
+        status, body = await trio.to_thread.run_sync(get, "/api/v1/rooms/demo/chat?format=csv", host)
+        assert status == 200 and body.decode().splitlines()[1].endswith('"quotes ""and"", commas"')
+        status, body = await trio.to_thread.run_sync(get, "/api/v1/rooms/demo/chat", token(started, "viewer", "v"))
+        assert status == 403
+        status, body = await trio.to_thread.run_sync(get, "/api/v1/rooms/demo/viewers", None)
+        assert status == 200 and set(json.loads(body)) == {"room_id", "concurrent", "unique", "peak"}
+
+
+
