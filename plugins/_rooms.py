@@ -47,6 +47,8 @@ from shopcast.server._routing import HTTPError, Response
 __all__ = ["ROOM_STATES", "RoomStore", "RoomsPlugin"]
 
 log = get_logger("rooms")
+# WebTransport close code of sessions ended by an emergency shutdown (moq-lite's "app" range).
+SHUTDOWN_CLOSE_CODE = 64 + 1
 
 ROOM_STATES = ("scheduled", "rehearsal", "live", "ended", "replay")
 ORIENTATIONS = ("landscape", "portrait")
@@ -702,6 +704,12 @@ class RoomsPlugin:
                       (time.time(), claims.subject, "room_shutdown", room_id, reason))
 
         await self.db.write(audit)
+        broadcast = self.app.relay.broadcasts.get(room_id)
+        if broadcast is not None:
+            # Emergency (IWA 41 §6.2 f): viewers are disconnected, told why.
+            message = f"room shut down by the platform: {reason}"
+            self.app.moq.disconnect_viewers(broadcast, SHUTDOWN_CLOSE_CODE, message)
+            self.app.interaction.disconnect_room(room_id, SHUTDOWN_CLOSE_CODE, message)
         await self._end(room_id, "shutdown", shutdown_reason=reason, shutdown_by=claims.subject)
         if getattr(self.app, "stream_keys", None) is not None:
             # The encoder's reconnect must not bring the room back.
@@ -871,7 +879,11 @@ class RoomsPlugin:
         if state == "rehearsal":
             await self.plugins.notify("shopcast_room_rehearsal", room=view)
         elif state == "live":
-            await self.plugins.collect("shopcast_register_room_tracks", room=view)
+            broadcast = self.app.relay.broadcasts.get(room_id)
+            for names in await self.plugins.collect("shopcast_register_room_tracks", room=view):
+                for name in names or ():
+                    if broadcast is not None:
+                        broadcast.track(name)  # exists from the start, recorded with the media
             await self.plugins.notify("shopcast_room_live", room=view)
 
     async def _end(self, room_id: str, reason: str, **extra: Any) -> None:

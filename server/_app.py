@@ -8,6 +8,7 @@ with ``await nursery.start(run_server, config)`` and get the bound ports.
 from __future__ import annotations
 
 import csv
+import functools
 import datetime as dt
 import io
 import socket
@@ -326,6 +327,14 @@ class ServerApp:
         await self.db.open(migrations)
         await plugins.collect("shopcast_register_routes", api=self.api)
         await plugins.collect("shopcast_startup", app=self, nursery=nursery)
+
+        def viewer_changed(broadcast, joined: bool, identity: str) -> None:
+            # Once per viewer session and room, never per packet.
+            hook = "shopcast_viewer_joined" if joined else "shopcast_viewer_left"
+            nursery.start_soon(functools.partial(plugins.notify, hook, room_id=broadcast.name,
+                                                 subject=identity))
+
+        self.moq.viewer_listeners.append(viewer_changed)
 
     async def run_demo_room(self) -> None:
         """Loop the demo clip as the demo room's live broadcast; never returns."""

@@ -53,6 +53,10 @@ class HangMuxer:
 
     def __init__(self, broadcast: Broadcast) -> None:
         self.broadcast = broadcast
+        # The catalog track exists from the start: a viewer who subscribes
+        # before the encoder's sequence headers waits for the catalog
+        # instead of being told there is no such track.
+        broadcast.track(CATALOG_TRACK)
         self._video: VideoRendition | None = None
         self._audio: AudioRendition | None = None
         self._length_size = 4

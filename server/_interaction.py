@@ -179,6 +179,11 @@ class InteractionService:
             self._disconnect(room.room_id, request["account"])
         return reply
 
+    def disconnect_room(self, room_id: str, code: int, reason: str) -> None:
+        """Close every chat session of ``room_id`` (an emergency shutdown)."""
+        for session in list(self._sessions.get(room_id, {})):
+            session.close(code, reason)
+
     def _disconnect(self, room_id: str, account_id: str) -> None:
         for session, author in list(self._sessions.get(room_id, {}).items()):
             if author.account_id == account_id:

@@ -470,7 +470,7 @@ class MoqConnection:
         track = broadcast.tracks[event.track]
         if broadcast.viewers.joined(self, self._identity()):
             self._watching.add(broadcast)
-            self.server.on_viewer(broadcast, True)
+            self.server.on_viewer(broadcast, True, self._identity())
         subscription = _Subscription(self, event.stream_id, track)
         if not self.moq.accept_subscribe(event.stream_id):
             return
@@ -584,7 +584,7 @@ class MoqConnection:
             self._stop_listening()
         for broadcast in self._watching:
             if broadcast.viewers.left(self):
-                self.server.on_viewer(broadcast, False)
+                self.server.on_viewer(broadcast, False, self._identity())
         self._watching.clear()
         for subscription in list(self.subscriptions.values()):
             subscription.track.unsubscribe(subscription)
@@ -600,7 +600,17 @@ class MoqConnection:
 class _NoServer:
     """A client connection's stand-in for the MoqServer: nobody counts viewers."""
 
-    def on_viewer(self, broadcast: Broadcast, joined: bool) -> None:
+    def disconnect_viewers(self, broadcast: Broadcast, code: int, reason: str) -> int:
+        """Close the session of everyone watching ``broadcast`` (an emergency
+        shutdown); returns how many."""
+        closed = 0
+        for connection in broadcast.viewers.sessions():
+            if isinstance(connection, MoqConnection):
+                connection.session.close(code, reason)
+                closed += 1
+        return closed
+
+    def on_viewer(self, broadcast: Broadcast, joined: bool, identity: str) -> None:
         pass
 
 
@@ -619,13 +629,24 @@ class MoqServer:
         self.relay = relay
         self.settings = settings or MoqSettings()
         self.stats = SubscriberStats()
-        self.viewer_listeners: list[Callable[[Broadcast, bool], None]] = []
+        self.viewer_listeners: list[Callable[[Broadcast, bool, str], None]] = []
 
-    def on_viewer(self, broadcast: Broadcast, joined: bool) -> None:
-        """Called when a session starts or stops watching a broadcast; the
-        view counts are already updated. Set ``viewer_listeners`` to hear it."""
+    def disconnect_viewers(self, broadcast: Broadcast, code: int, reason: str) -> int:
+        """Close the session of everyone watching ``broadcast`` (an emergency
+        shutdown); returns how many."""
+        closed = 0
+        for connection in broadcast.viewers.sessions():
+            if isinstance(connection, MoqConnection):
+                connection.session.close(code, reason)
+                closed += 1
+        return closed
+
+    def on_viewer(self, broadcast: Broadcast, joined: bool, identity: str) -> None:
+        """Called when a session starts or stops watching a broadcast (the
+        view counts are already updated); ``identity`` is ``account:<subject>``
+        or ``address:<ip>``. Add to ``viewer_listeners`` to hear it."""
         for listener in self.viewer_listeners:
-            listener(broadcast, joined)
+            listener(broadcast, joined, identity)
 
     async def handle_session(self, session: WebTransportSession) -> None:
         """The session handler registered for the moq path."""

@@ -259,6 +259,10 @@ class ViewerCounts:
     def left(self, session: object) -> bool:
         return self._sessions.pop(session, None) is not None
 
+    def sessions(self) -> list[object]:
+        """The sessions watching now (as the caller keyed them)."""
+        return list(self._sessions)
+
     def snapshot(self) -> dict[str, int]:
         return {"concurrent": self.concurrent, "unique": self.unique, "peak": self.peak}
 

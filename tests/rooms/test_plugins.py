@@ -5,9 +5,12 @@ migrations are versioned per component."""
 
 import sys
 import textwrap
+import time
 
 import pytest
+import trio
 
+from shopcast.client import connect
 from shopcast.plugins import Database, Migration, PluginError, PluginManager, StorageError
 from shopcast.server._app import ServerApp
 from shopcast.server._config import load_config
@@ -30,6 +33,14 @@ class ProbePlugin:
     @hookimpl
     def shopcast_room_created(self, room):
         CALLS.append(("room_created", room["title"]))
+
+    @hookimpl
+    def shopcast_viewer_joined(self, room_id, subject):
+        CALLS.append(("viewer_joined", room_id, subject))
+
+    @hookimpl
+    def shopcast_viewer_left(self, room_id, subject):
+        CALLS.append(("viewer_left", room_id, subject))
 
     @hookimpl
     def shopcast_room_may_schedule(self, room):
@@ -77,6 +88,23 @@ async def test_external_plugin_sees_its_hooks_called(probe_dist, server_factory,
     versions = await api.app.db.read(lambda c: dict(c.execute(
         "SELECT component, version FROM schema_versions").fetchall()))
     assert versions["probe"] == 1 and versions["accounts"] == 1 and versions["rooms"] == 1
+
+    # A viewer's session joining and leaving a room reaches the plugin, once each.
+    app = api.app
+    broadcast = app.relay.publish("room-x")
+    broadcast.track("video").write_frame(b"frame", keyframe=True)
+    token = app.tokens.mint(subject="vera", role="viewer", room="room-x", ttl_s=60, now=time.time())
+    async with connect(f"https://127.0.0.1:{app.port}/moq", token=token,
+                       certificate_sha256=app.certificate.sha256_hex) as viewer:
+        for _ in range(2):
+            upstream = await viewer.subscribe("room-x", "video")
+            with trio.fail_after(10):
+                await upstream.frames.receive()
+    with trio.fail_after(10):
+        while ("viewer_left", "room-x", "account:vera") not in calls:
+            await trio.sleep(0.01)
+    assert [c for c in calls if c[0].startswith("viewer_")] == [
+        ("viewer_joined", "room-x", "account:vera"), ("viewer_left", "room-x", "account:vera")]
 
 
 def test_unknown_hook_is_refused_at_start_up(probe_dist, tmp_path):
