@@ -11,7 +11,7 @@ from shopcast.bench._record import Record, format_table, to_json
 
 __all__ = ["Record", "main"]
 
-SUITES = ("micro", "fanout", "latency")
+SUITES = ("micro", "fanout", "latency", "chat")
 
 
 def main(argv: list[str]) -> int:
@@ -37,8 +37,12 @@ def main(argv: list[str]) -> int:
         from shopcast.bench import _fanout
         records += _fanout.run(arguments.quick, progress=sys.stderr, config=arguments.config)
     if "latency" in suites:
-        from shopcast.bench import _latency
+        from shopcast.bench import _latency, _rtmp_latency
         records += _latency.run(arguments.quick, progress=sys.stderr, config=arguments.config)
+        records += _rtmp_latency.run(arguments.quick, progress=sys.stderr, config=arguments.config)
+    if "chat" in suites:
+        from shopcast.bench import _chat
+        records += _chat.run(arguments.quick, progress=sys.stderr)
     print(format_table(records))
     if arguments.json:
         with open(arguments.json, "w", encoding="utf-8") as output:

@@ -156,7 +156,7 @@ def _floor(packets: int) -> dict[str, float]:
 def run(quick: bool, progress: TextIO, config: str | None = None,
         subscriber_counts: tuple[int, ...] | None = None, bitrate_bps: int = 2 * MBIT) -> list[Record]:
     """Run the fan-out suite; return its records."""
-    counts = subscriber_counts or ((10,) if quick else (50, 200))
+    counts = subscriber_counts or ((10,) if quick else (10, 50))
     seconds = 3.0 if quick else 10.0
     records: list[Record] = []
     with tempfile.TemporaryDirectory(prefix="shopcast-bench-") as tmp:
