@@ -851,13 +851,9 @@ class RoomsPlugin:
         can now watch it (announcing again is harmless to those that had it)."""
         if not broadcast.private:
             return
-        broadcast.private = False
         self._handling.add(id(broadcast))
         try:
-            # Relay has no "visibility changed" call; its listeners are told
-            # again that the broadcast is active (MoQ announces are idempotent).
-            for listener in list(self.app.relay._listeners):
-                listener(broadcast, True)
+            self.app.relay.make_public(broadcast)
         finally:
             self._handling.discard(id(broadcast))
 

@@ -347,6 +347,16 @@ class Relay:
             for listener in list(self._listeners):
                 listener(broadcast, False)
 
+    def make_public(self, broadcast: Broadcast) -> None:
+        """A private broadcast (a rehearsal) becomes public: every listener
+        hears it is active again, so sessions that may now watch it are told
+        (announcing twice is harmless to those that had it)."""
+        if not broadcast.private:
+            return
+        broadcast.private = False
+        for listener in list(self._listeners):
+            listener(broadcast, True)
+
     def listen(self, listener: Callable[[Broadcast, bool], None]) -> Callable[[], None]:
         """Call ``listener(broadcast, active)`` on every start and end; returns
         the function that stops listening."""
