@@ -243,3 +243,26 @@ async def test_certificate_is_renewed_while_serving(server_factory):
     served = hashlib.sha256(x509.load_pem_x509_certificate(pem.encode()).public_bytes(
         serialization.Encoding.DER)).hexdigest()
     assert served != first
+
+
+async def test_bad_or_expired_tokens_get_401_with_json_while_others_are_served(running_server):
+    app = running_server.app
+    port = running_server.port
+    good = app.tokens.mint(subject="h", role="host", room="demo", ttl_s=600, now=time.time())
+    expired = app.tokens.mint(subject="h", role="host", room="demo", ttl_s=60, now=time.time() - 3600)
+    cases = [(None, 401, "missing_token"), (expired, 401, "token_expired"),
+             (good[:-3] + "abc", 401, "token_bad_signature"), ("not-a-jwt", 401, "token_malformed"),
+             (app.tokens.mint(subject="v", role="viewer", room="demo", ttl_s=60, now=time.time()),
+              403, "forbidden")]
+    for token, status, code in cases:
+        headers = [("authorization", f"Bearer {token}")] if token else []
+        response = await http3_request(f"https://127.0.0.1:{port}/api/v1/rooms/demo/chat",
+                                       headers=headers, verify=False)
+        assert response.status == status, (code, response.body)
+        error = json.loads(response.body)["error"]
+        assert (error["code"], error["field"]) == (code, "authorization")
+        healthy = await http3_request(f"https://127.0.0.1:{port}/healthz", verify=False)
+        assert healthy.status == 200
+    allowed = await http3_request(f"https://127.0.0.1:{port}/api/v1/rooms/demo/chat",
+                                  headers=[("authorization", f"Bearer {good}")], verify=False)
+    assert allowed.status == 200
