@@ -13,8 +13,15 @@ Datagram mode (low latency, FEC and resends; docs/datagram-mode.md):
                                    certificate_sha256=sha256) as subscription:
         async for frame in subscription.frames:
             ...
+
+Chat (a token for the room; see the README's "Chat and view counts"):
+
+    async with connect_chat("https://localhost:8443", "demo", token,
+                            certificate_sha256=sha256) as chat:
+        reply = await chat.request(type="message", text="hello 👋")
 """
 
+from shopcast.server._chat_client import ChatClient, connect_chat
 from shopcast.server._datagram_client import (
     DatagramClient,
     DatagramFrame,
@@ -28,6 +35,7 @@ from shopcast.server._moq_server import ReceivedFrame, Upstream
 from shopcast.server.moq import decode_frame_untrusted
 
 __all__ = [
+    "ChatClient",
     "DatagramClient",
     "DatagramFrame",
     "DatagramRefused",
@@ -36,6 +44,7 @@ __all__ = [
     "ReceivedFrame",
     "Upstream",
     "connect",
+    "connect_chat",
     "connect_datagrams",
     "decode_frame_untrusted",
     "subscribe_datagrams",

@@ -161,6 +161,15 @@ def shopcast_room_closed(room: dict[str, Any]) -> Any:
 
 
 @hookspec
+def shopcast_chat_author(room_id: str, subject: str, role: str) -> Any:
+    """Who the holder of a token (its ``subject`` and token ``role``) is in
+    the chat of ``room_id``: a dict with ``display_name``, ``role`` (viewer,
+    moderator, host or operator), ``registered`` and ``follows_host``; None
+    when this plugin does not know the subject. The first answer wins. Called
+    once per chat session, never per message; may return an awaitable."""
+
+
+@hookspec
 def shopcast_viewer_joined(room_id: str, subject: str) -> Any:
     """A viewer's session for ``room_id`` opened (once per session)."""
 

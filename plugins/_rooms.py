@@ -387,6 +387,26 @@ class RoomsPlugin:
     async def profile_stats(self, account_id: str) -> dict[str, Any]:
         return await self.db.read(lambda c: RoomStore.host_stats(c, account_id))
 
+    @hookimpl
+    async def shopcast_chat_author(self, room_id: str, subject: str, role: str) -> dict[str, Any] | None:
+        accounts = self.plugins.get("accounts")
+        account = await accounts.by_id(subject) if accounts is not None else None
+        room = await self.db.read(lambda c: RoomStore.get(c, room_id))
+        if account is None or room is None:
+            return None
+        team = await self.db.read(lambda c: RoomStore.team(c, room_id))
+        if role in ("operator", "service"):
+            chat_role = "operator"
+        elif account["id"] == room["owner_id"]:
+            chat_role = "host"
+        elif account["id"] in team:
+            chat_role = "moderator"
+        else:
+            chat_role = "viewer"
+        follows = room["owner_id"] in await accounts.followees(account["id"])
+        return {"display_name": account["display_name"], "role": chat_role, "registered": True,
+                "follows_host": follows}
+
     async def get(self, room_id: str) -> dict[str, Any]:
         room = await self.db.read(lambda c: RoomStore.get(c, room_id))
         if room is None:

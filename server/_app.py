@@ -25,7 +25,9 @@ from shopcast.server._datagram import DatagramServer
 from shopcast.server._http import serve_https
 from shopcast.server._log import get_logger
 from shopcast.server._metrics import CONTENT_TYPE, Registry
+from shopcast.plugins._chat_engine import Author as ChatAuthor
 from shopcast.plugins._chat_engine import ChatLimits, message_record
+from shopcast.plugins._chat_engine import Role as ChatRole
 from shopcast.server._hang_mux import HangMuxer, load_flv_clip, play_clip
 from shopcast.server._interaction import InteractionService, InteractionSettings
 from shopcast.server._moq_server import MoqServer, MoqSettings
@@ -335,6 +337,15 @@ class ServerApp:
                                                  subject=identity))
 
         self.moq.viewer_listeners.append(viewer_changed)
+
+        async def chat_author(room_id: str, claims: Claims) -> ChatAuthor | None:
+            for answer in await plugins.collect("shopcast_chat_author", room_id=room_id,
+                                                subject=claims.subject, role=claims.role):
+                return ChatAuthor(claims.subject, answer["display_name"], ChatRole(answer["role"]),
+                                  registered=answer["registered"], follows_host=answer["follows_host"])
+            return None
+
+        self.interaction.author_lookup = chat_author
 
     async def run_demo_room(self) -> None:
         """Loop the demo clip as the demo room's live broadcast; never returns."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
 import msgpack
 import trio
@@ -85,6 +86,10 @@ def author_from_claims(claims, room_id: str) -> Author:
     return Author(claims.subject, claims.subject, role, registered=True)
 
 
+async def _no_lookup(room_id: str, claims: Any) -> Author | None:
+    return None
+
+
 class InteractionService:
     """Chat rooms and view counts for every live broadcast of ``relay``."""
 
@@ -96,6 +101,9 @@ class InteractionService:
         self._chat_group_at: dict[str, float] = {}
         self._global_blocklist = {t.casefold() for t in self.settings.global_blocklist}
         self.requests_refused = 0
+        # Who a token's holder is in a room's chat (set by the server to ask
+        # the accounts plugins); None falls back to the token's own claims.
+        self.author_lookup: Callable[[str, Any], Awaitable[Author | None]] = _no_lookup
         relay.listen(self._on_broadcast)
 
     def _on_broadcast(self, broadcast: Broadcast, active: bool) -> None:
@@ -126,7 +134,7 @@ class InteractionService:
             session.close(NOT_FOUND, f"room {room_id} is not live")
             return
         room = self.room(room_id)
-        author = author_from_claims(claims, room_id)
+        author = await self.author_lookup(room_id, claims) or author_from_claims(claims, room_id)
         if room.is_banned(author.account_id):
             session.close(UNAUTHORIZED, "you are banned from this room")
             return

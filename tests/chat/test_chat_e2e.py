@@ -11,7 +11,7 @@ import msgpack
 import pytest
 import trio
 
-from shopcast.client import connect
+from shopcast.client import connect, connect_chat
 from shopcast.server._client import open_webtransport
 
 
@@ -19,48 +19,13 @@ def token(started, role: str, subject: str, room: str = "demo") -> str:
     return started.app.tokens.mint(subject=subject, role=role, room=room, ttl_s=600, now=time.time())
 
 
-class ChatSession:
-    """A chat client: requests out, replies in, on one bidirectional stream."""
-
-    def __init__(self, session, stream) -> None:
-        self.session = session
-        self.stream = stream
-        self._buffer = bytearray()
-
-    async def request(self, **fields) -> dict:
-        await self.send_raw(msgpack.packb(fields))
-        return await self.receive()
-
-    async def send_raw(self, payload: bytes) -> None:
-        await self.stream.send_all(len(payload).to_bytes(2, "big") + payload)
-
-    async def receive(self) -> dict:
-        while True:
-            if len(self._buffer) >= 2:
-                size = int.from_bytes(self._buffer[:2], "big")
-                if len(self._buffer) >= 2 + size:
-                    message = msgpack.unpackb(bytes(self._buffer[2:2 + size]))
-                    del self._buffer[:2 + size]
-                    return message
-            chunk = await self.stream.receive_some()
-            if not chunk:
-                raise EOFError("chat stream ended")
-            self._buffer += chunk
-
-
 def chat_url(started, tok: str, room: str = "demo") -> str:
     return f"https://127.0.0.1:{started.port}/chat?room={room}&token={tok}"
 
 
-@contextlib.asynccontextmanager
-async def open_chat(started, tok, room="demo"):
-    async with open_webtransport(chat_url(started, tok, room),
-                                 certificate_sha256=started.app.certificate.sha256_hex) as session:
-        stream = await session.accept_stream()  # the server opens the chat stream
-        chat = ChatSession(session, stream)
-        chat.history = await chat.receive()
-        assert chat.history["type"] == "history"
-        yield chat
+def open_chat(started, tok, room="demo"):
+    return connect_chat(f"https://127.0.0.1:{started.port}", room, tok,
+                        certificate_sha256=started.app.certificate.sha256_hex)
 
 
 async def test_viewers_chat_with_each_other_and_see_counts(running_server):
@@ -101,7 +66,7 @@ async def test_viewers_chat_with_each_other_and_see_counts(running_server):
                 assert counts["peak"] >= before + 1
         # A late joiner gets the history.
         carol = await stack.enter_async_context(open_chat(started, token(started, "viewer", "carol")))
-        history = carol.history
+        history = {"messages": carol.history}
         assert [m["text"] for m in history["messages"]] == ["hello bob 👋", "hi alice! 🎉"]
 
 
