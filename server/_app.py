@@ -31,7 +31,13 @@ from shopcast.plugins._chat_engine import Role as ChatRole
 from shopcast.server._hang_mux import HangMuxer, load_flv_clip, play_clip
 from shopcast.server._interaction import InteractionService, InteractionSettings
 from shopcast.server._moq_server import MoqServer, MoqSettings
-from shopcast.server._quic import H3Request, H3Response, QuicEndpoint, bind_udp_sockets
+from shopcast.server._quic import (
+    H3Request,
+    H3Response,
+    QuicEndpoint,
+    bind_udp_sockets,
+    tcp_port_is_free,
+)
 from shopcast.server._relay import Relay, RelayLimits
 from shopcast.server._rtmp import RtmpServer
 from shopcast.server._stream_keys import StreamKeyStore
@@ -48,6 +54,8 @@ from shopcast.server.moq import Limits as MoqLimits
 __all__ = ["ServerApp", "Started", "resolve_addresses", "run_server"]
 
 log = get_logger("server")
+# Ephemeral ports tried before giving up on one free for both UDP and TCP.
+EPHEMERAL_PORT_TRIES = 20
 
 
 @dataclass(frozen=True)
@@ -391,9 +399,16 @@ async def run_server(config: Config, *, shutdown: trio.Event | None = None,
     log.info("kernels_ready", seconds=round(warmup_s, 3))
     addresses = resolve_addresses(config.server.host)
     # UDP first: with port 0 it picks the number, and TCP then takes the same
-    # one, so Alt-Svc can name it.
-    sockets = bind_udp_sockets(addresses, config.server.port, config.quic.socket_buffer_bytes)
-    port = app.port = sockets[0].getsockname()[1]
+    # one, so Alt-Svc can name it. A number already taken for TCP is given
+    # back and another is picked.
+    for _ in range(EPHEMERAL_PORT_TRIES):
+        sockets = bind_udp_sockets(addresses, config.server.port, config.quic.socket_buffer_bytes)
+        port = sockets[0].getsockname()[1]
+        if config.server.port != 0 or tcp_port_is_free(addresses, port):
+            break
+        for sock in sockets:
+            sock.close()
+    app.port = port
     shutdown = shutdown if shutdown is not None else trio.Event()
     async with trio.open_nursery() as nursery:
         await app.start_plugins(nursery)

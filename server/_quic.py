@@ -60,6 +60,7 @@ __all__ = [
     "QuicStatistics",
     "UdpTransport",
     "bind_udp_sockets",
+    "tcp_port_is_free",
 ]
 
 log = get_logger("quic")
@@ -196,6 +197,22 @@ class UdpTransport:
 
     async def wait_writable(self) -> None:
         await trio.lowlevel.wait_writable(self.sock)
+
+
+def tcp_port_is_free(addresses: list[str], port: int) -> bool:
+    """Whether TCP listeners could bind ``port`` on every address now (the
+    same options serve_https uses), so UDP and TCP can share an ephemeral port."""
+    for host in addresses:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                return False
+    return True
 
 
 class QuicEndpoint:
