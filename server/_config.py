@@ -326,6 +326,37 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class CommerceConfig:
+    """[commerce]: the catalog, restricted goods, coupons and Buy Now holds (plugins/_commerce.py)."""
+
+    pins_max: int = _spec(min=1, max=20, unit="count")
+    hold_expiry_s: float = _spec(min=1.0, max=86400.0, unit="s")
+    hold_check_interval_s: float = _spec(min=0.05, max=3600.0, unit="s")
+    per_buyer_limit_default: int = _spec(min=1, max=1_000_000, unit="count")
+    quantity_max: int = _spec(min=1, max=1_000_000, unit="count")
+    products_per_room_max: int = _spec(min=1, max=10_000, unit="count")
+    skus_max: int = _spec(min=1, max=1000, unit="count")
+    images_max: int = _spec(min=0, max=100, unit="count")
+    title_max_chars: int = _spec(min=1, max=1000, unit="chars")
+    name_max_chars: int = _spec(min=1, max=1000, unit="chars")
+    description_max_chars: int = _spec(min=0, max=100_000, unit="chars")
+    price_max_minor: int = _spec(min=1, max=1 << 53, unit="minor units")
+    stock_max: int = _spec(min=1, max=1 << 40, unit="count")
+    currencies: tuple[str, ...] = _spec()
+    coupon_percent_max: int = _spec(min=1, max=100, unit="percent")
+    coupon_uses_max: int = _spec(min=1, max=1 << 40, unit="count")
+    restricted_rules_max: int = _spec(min=0, max=1_000_000, unit="count")
+    idempotency_ttl_s: float = _spec(min=60.0, max=31_536_000.0, unit="s")
+
+    def __post_init__(self) -> None:
+        if not self.currencies:
+            raise ValueError("commerce.currencies must name at least one currency")
+        for code in self.currencies:
+            if len(code) != 3 or not code.isascii() or not code.isupper() or not code.isalpha():
+                raise ValueError(f"commerce.currencies: {code!r} is not an ISO 4217 code such as EUR")
+
+
+@dataclass(frozen=True)
 class ChatConfig:
     """[chat]: live chat, reactions and view counts."""
 
@@ -369,6 +400,7 @@ class Config:
     accounts: AccountsConfig
     rooms: RoomsConfig
     webhooks: WebhooksConfig
+    commerce: CommerceConfig
 
     @property
     def data_path(self) -> Path:

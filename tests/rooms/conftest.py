@@ -42,10 +42,11 @@ class ApiClient:
         self._context.check_hostname = False
         self._context.verify_mode = ssl.CERT_NONE
         self._connection: http.client.HTTPSConnection | None = None
+        self._limiter = trio.CapacityLimiter(1)
 
     def _request(self, method: str, path: str, body: Any, token: str | None,
-                 raw: bytes | None) -> Reply:
-        headers = {}
+                 raw: bytes | None, extra_headers: dict[str, str] | None = None) -> Reply:
+        headers = dict(extra_headers or {})
         data = raw
         if body is not None:
             data = json.dumps(body).encode()
@@ -86,8 +87,11 @@ class ApiClient:
             self._connection = None
 
     async def call(self, method: str, path: str, body: Any = None, *, token: str | None = None,
-                   raw: bytes | None = None) -> Reply:
-        return await trio.to_thread.run_sync(self._request, method, path, body, token, raw)
+                   raw: bytes | None = None, headers: dict[str, str] | None = None) -> Reply:
+        # Its own thread token: many clients waiting on replies must not take
+        # the threads the server in this process needs for its database.
+        return await trio.to_thread.run_sync(self._request, method, path, body, token, raw, headers,
+                                             limiter=self._limiter)
 
     async def register(self, name: str, role: str = "host", **extra: Any) -> dict[str, Any]:
         terms = (await self.call("GET", "/api/v1/terms")).body["version"]

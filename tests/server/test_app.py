@@ -149,8 +149,10 @@ async def test_routes_over_http3(running_server):
 
 
 async def test_shutdown_closes_sessions_with_a_reason(tmp_path):
+    # A generous drain deadline: this checks that the reason reaches the
+    # client, not how fast a loaded machine gets there.
     config = load_config(environ={}, overrides={"server": {
-        "host": "127.0.0.1", "port": 0, "data_dir": str(tmp_path), "drain_timeout_s": 2.0}})
+        "host": "127.0.0.1", "port": 0, "data_dir": str(tmp_path), "drain_timeout_s": 20.0}})
     shutdown = trio.Event()
     entered = trio.Event()
 
@@ -166,7 +168,7 @@ async def test_shutdown_closes_sessions_with_a_reason(tmp_path):
                                      certificate_sha256=started.app.certificate.sha256_hex) as session:
             await entered.wait()
             shutdown.set()
-            with trio.fail_after(5):
+            with trio.fail_after(30):
                 await session.wait_closed()
             assert session.close_reason == "server shutting down"
             with pytest.raises(SessionClosed):

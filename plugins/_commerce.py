@@ -1,0 +1,864 @@
+"""The commerce plugin, first part (issue 9; IWA 41 §5.4, §6.2 d): the product
+catalog, a room's product list, the published catalogue of restricted and
+prohibited goods, coupons, and Buy Now with inventory holds.
+
+Money is integers of the currency's minor unit (cents), never floats; every
+price is computed here (``price_order``), whatever the client sends.
+
+Buy Now is one write transaction (plugins/_storage.py has one writer
+connection): the idempotency record is looked up, the stock taken with
+``UPDATE skus SET stock = stock - ? WHERE id = ? AND stock >= ?`` (a row count
+of 0 means sold out), the coupon use taken the same way, the order and its
+idempotency record inserted. Nothing can oversell, however many requests race.
+
+A hold (a pending order) lasts ``commerce.hold_expiry_s``; ``expire_holds``
+(run every ``hold_check_interval_s``, called directly by tests with a fake
+``self.clock``) expires the unpaid ones and gives back their stock and coupon
+use. ``mark_paid`` is the seam for the payments provider (later): an order
+becomes paid only while its hold is still valid.
+
+Not yet here (issue 9, later parts): pins on the commerce track, flash sales,
+the payments provider and its webhooks, orders after payment and after-sale,
+the SIGKILL durability test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import sqlite3
+import time
+import unicodedata
+from typing import Any
+
+import trio
+from shopcast.plugins._accounts import subject_digest
+from shopcast.plugins._api import ANONYMOUS, Api, field_error, format_time
+from shopcast.plugins._hookspecs import hookimpl
+from shopcast.plugins._storage import Migration
+from shopcast.server._log import get_logger
+from shopcast.server._routing import HTTPError, Response
+
+__all__ = ["CommercePlugin", "CommerceStore", "fold_untrusted", "price_order", "restricted_match"]
+
+log = get_logger("commerce")
+
+EVERYONE = (ANONYMOUS, "viewer", "host", "operator", "service")
+USERS = ("viewer", "host", "operator")
+RULE_KINDS = ("category", "keyword")
+COUPON_KINDS = ("percent", "amount")
+ORDER_STATES = ("pending", "paid", "expired", "cancelled")
+_EDITABLE_ROOM_STATES = ("scheduled", "rehearsal")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+MIGRATIONS = [
+    Migration("commerce", 1, """
+CREATE TABLE products (
+    id TEXT PRIMARY KEY,
+    owner_id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    description TEXT NOT NULL,
+    category TEXT NOT NULL,
+    brand TEXT NOT NULL,
+    images TEXT NOT NULL,
+    external_ref TEXT,
+    created_at REAL NOT NULL
+);
+CREATE INDEX products_owner ON products(owner_id);
+CREATE TABLE skus (
+    id TEXT PRIMARY KEY,
+    product_id TEXT NOT NULL REFERENCES products(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    price INTEGER NOT NULL CHECK (price >= 0),
+    currency TEXT NOT NULL,
+    stock INTEGER NOT NULL CHECK (stock >= 0),
+    per_buyer_limit INTEGER
+);
+CREATE INDEX skus_product ON skus(product_id, position);
+CREATE TABLE room_products (
+    room_id TEXT NOT NULL,
+    product_id TEXT NOT NULL REFERENCES products(id) ON DELETE CASCADE,
+    added_at REAL NOT NULL,
+    PRIMARY KEY (room_id, product_id)
+);
+CREATE TABLE restricted_rules (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    folded TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (kind, folded)
+);
+CREATE TABLE coupons (
+    room_id TEXT NOT NULL,
+    code TEXT NOT NULL,
+    owner_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    currency TEXT,
+    max_uses INTEGER NOT NULL,
+    uses INTEGER NOT NULL CHECK (uses >= 0 AND uses <= max_uses),
+    created_at REAL NOT NULL,
+    PRIMARY KEY (room_id, code)
+);
+CREATE TABLE orders (
+    id TEXT PRIMARY KEY,
+    buyer_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    product_id TEXT NOT NULL,
+    sku_id TEXT NOT NULL,
+    quantity INTEGER NOT NULL CHECK (quantity > 0),
+    unit_price INTEGER NOT NULL,
+    subtotal INTEGER NOT NULL,
+    discount INTEGER NOT NULL,
+    total INTEGER NOT NULL CHECK (total >= 0),
+    currency TEXT NOT NULL,
+    coupon_code TEXT,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    paid_at REAL,
+    ended_at REAL
+);
+CREATE INDEX orders_pending ON orders(state, expires_at);
+CREATE INDEX orders_buyer_sku ON orders(buyer_id, sku_id, state);
+CREATE TABLE idempotency_keys (
+    buyer_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_sha256 TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    response TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (buyer_id, key)
+);
+CREATE INDEX idempotency_age ON idempotency_keys(created_at);
+"""),
+]
+
+
+# --- pure functions -------------------------------------------------------------------------
+
+
+def fold_untrusted(text: str) -> str:
+    """The form compared with the restricted goods catalogue: compatibility
+    forms unified (NFKC: full-width letters, ligatures), accents dropped,
+    case folded, runs of white space made one space."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    bare = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(unicodedata.normalize("NFKC", bare).casefold().split())
+
+
+def restricted_match(product: dict[str, Any], rules: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first rule the product breaks, or None. A category rule matches the
+    product's category exactly (folded); a keyword rule matches a whole word or
+    phrase of its title, description, brand or category (folded)."""
+    category = fold_untrusted(product["category"])
+    text = fold_untrusted(" \n ".join((product["title"], product["description"], product["brand"],
+                                       product["category"])))
+    for rule in rules:
+        if rule["kind"] == "category" and rule["folded"] == category:
+            return rule
+        if rule["kind"] == "keyword" and re.search(
+                r"(?<!\w)" + re.escape(rule["folded"]) + r"(?!\w)", text):
+            return rule
+    return None
+
+
+def price_order(unit_price: int, quantity: int, coupon: dict[str, Any] | None) -> tuple[int, int, int]:
+    """(subtotal, discount, total) in minor units. A percent coupon's discount
+    is rounded half up to the minor unit; an amount coupon takes at most the
+    subtotal. The total is never below zero. Integers only."""
+    for name, value in (("unit_price", unit_price), ("quantity", quantity)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer")
+    subtotal = unit_price * quantity
+    discount = 0
+    if coupon is not None:
+        value = coupon["value"]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError("coupon value must be a non-negative integer")
+        if coupon["kind"] == "percent":
+            if value > 100:
+                raise ValueError("a percent coupon is at most 100")
+            discount = (subtotal * value + 50) // 100
+        elif coupon["kind"] == "amount":
+            discount = value
+        else:
+            raise ValueError(f"unknown coupon kind {coupon['kind']!r}")
+    discount = min(discount, subtotal)
+    return subtotal, discount, subtotal - discount
+
+
+class _Refusal(Exception):
+    """A Buy Now refused for a business reason: kept under the idempotency key."""
+
+    def __init__(self, error: HTTPError) -> None:
+        self.error = error
+
+
+# --- storage --------------------------------------------------------------------------------
+
+
+class CommerceStore:
+    """Every SQL statement of the commerce plugin (see plugins/_storage.py)."""
+
+    @staticmethod
+    def insert_product(c: sqlite3.Connection, product: dict[str, Any], skus: list[dict[str, Any]]) -> None:
+        c.execute("INSERT INTO products VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (product["id"], product["owner_id"], product["title"], product["description"],
+                   product["category"], product["brand"], json.dumps(product["images"]),
+                   product["external_ref"], product["created_at"]))
+        c.executemany("INSERT INTO skus VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+            (s["id"], product["id"], i, s["name"], s["price"], s["currency"], s["stock"],
+             s.get("per_buyer_limit")) for i, s in enumerate(skus)])
+
+    @staticmethod
+    def product(c: sqlite3.Connection, product_id: str) -> dict[str, Any] | None:
+        row = c.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
+        if row is None:
+            return None
+        product = dict(row)
+        product["images"] = json.loads(product["images"])
+        product["skus"] = [dict(r) for r in c.execute(
+            "SELECT id, name, price, currency, stock, per_buyer_limit FROM skus "
+            "WHERE product_id = ? ORDER BY position", (product_id,))]
+        return product
+
+    @staticmethod
+    def room_product_ids(c: sqlite3.Connection, room_id: str) -> list[str]:
+        return [r[0] for r in c.execute("SELECT product_id FROM room_products WHERE room_id = ? "
+                                        "ORDER BY added_at, product_id", (room_id,))]
+
+    @staticmethod
+    def rules(c: sqlite3.Connection) -> list[dict[str, Any]]:
+        return [dict(r) for r in c.execute("SELECT * FROM restricted_rules ORDER BY id")]
+
+    @staticmethod
+    def order(c: sqlite3.Connection, order_id: str) -> dict[str, Any] | None:
+        row = c.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+        return dict(row) if row else None
+
+    @staticmethod
+    def take_stock(c: sqlite3.Connection, sku_id: str, quantity: int) -> bool:
+        """The atomic conditional decrement: False when fewer than ``quantity`` are left."""
+        cursor = c.execute("UPDATE skus SET stock = stock - ? WHERE id = ? AND stock >= ?",
+                           (quantity, sku_id, quantity))
+        return cursor.rowcount == 1
+
+    @staticmethod
+    def expire(c: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
+        """Expire every unpaid hold past its time; their stock and coupon use come back."""
+        expired = []
+        for row in c.execute("SELECT * FROM orders WHERE state = 'pending' AND expires_at <= ?",
+                             (now,)).fetchall():
+            cursor = c.execute("UPDATE orders SET state = 'expired', ended_at = ? "
+                               "WHERE id = ? AND state = 'pending'", (now, row["id"]))
+            if cursor.rowcount != 1:
+                continue
+            c.execute("UPDATE skus SET stock = stock + ? WHERE id = ?", (row["quantity"], row["sku_id"]))
+            if row["coupon_code"] is not None:
+                c.execute("UPDATE coupons SET uses = uses - 1 WHERE room_id = ? AND code = ? "
+                          "AND uses > 0", (row["room_id"], row["coupon_code"]))
+            expired.append({**dict(row), "state": "expired", "ended_at": now})
+        return expired
+
+    @staticmethod
+    def forget(c: sqlite3.Connection, account_id: str) -> None:
+        c.execute("DELETE FROM idempotency_keys WHERE buyer_id = ?", (account_id,))
+        c.execute("UPDATE orders SET buyer_id = ? WHERE buyer_id = ?",
+                  (subject_digest(account_id), account_id))
+        c.execute("DELETE FROM coupons WHERE owner_id = ?", (account_id,))
+        c.execute("DELETE FROM products WHERE owner_id = ?", (account_id,))
+
+
+# --- views ----------------------------------------------------------------------------------
+
+
+def _product_view(p: dict[str, Any]) -> dict[str, Any]:
+    return {"id": p["id"], "title": p["title"], "description": p["description"],
+            "category": p["category"], "brand": p["brand"], "images": p["images"],
+            "external_ref": p["external_ref"], "created_at": format_time(p["created_at"]),
+            "skus": [{"id": s["id"], "name": s["name"], "price": s["price"], "currency": s["currency"],
+                      "stock": s["stock"], "per_buyer_limit": s["per_buyer_limit"]} for s in p["skus"]]}
+
+
+def _order_view(o: dict[str, Any]) -> dict[str, Any]:
+    return {"id": o["id"], "room_id": o["room_id"], "product_id": o["product_id"],
+            "sku_id": o["sku_id"], "quantity": o["quantity"], "unit_price": o["unit_price"],
+            "subtotal": o["subtotal"], "discount": o["discount"], "total": o["total"],
+            "currency": o["currency"], "coupon_code": o["coupon_code"], "state": o["state"],
+            "created_at": format_time(o["created_at"]), "expires_at": format_time(o["expires_at"]),
+            "paid_at": format_time(o["paid_at"])}
+
+
+def _rule_view(r: dict[str, Any]) -> dict[str, Any]:
+    return {"id": r["id"], "kind": r["kind"], "value": r["value"], "reason": r["reason"],
+            "created_at": format_time(r["created_at"])}
+
+
+def _coupon_view(c: dict[str, Any]) -> dict[str, Any]:
+    return {"code": c["code"], "room_id": c["room_id"], "kind": c["kind"], "value": c["value"],
+            "currency": c["currency"], "max_uses": c["max_uses"], "uses": c["uses"]}
+
+
+def _rule_text(rule: dict[str, Any]) -> str:
+    reason = f" ({rule['reason']})" if rule["reason"] else ""
+    return f"restricted {rule['kind']} rule {rule['id']} {rule['value']!r}{reason}"
+
+
+# --- the plugin -----------------------------------------------------------------------------
+
+
+class CommercePlugin:
+    """Catalog, restricted goods, coupons and Buy Now; see the module docstring."""
+
+    requires = ("accounts", "rooms")
+
+    def __init__(self) -> None:
+        self.app: Any = None
+        self.plugins: Any = None
+        self.db: Any = None
+        self.clock = time.time
+
+    # --- hooks ------------------------------------------------------------------------------
+
+    @hookimpl
+    def shopcast_configure(self, app: Any, plugins: Any) -> None:
+        self.app, self.plugins = app, plugins
+        self.cfg = app.config.commerce
+
+    @hookimpl
+    def shopcast_register_tables(self) -> list[Migration]:
+        return MIGRATIONS
+
+    @hookimpl
+    def shopcast_register_permissions(self) -> dict[str, tuple[str, ...]]:
+        return {"commerce.products.create": ("host", "service"),
+                "commerce.room_products.edit": ("host",),
+                "commerce.restricted_goods.edit": ("operator",),
+                "commerce.coupons.create": ("host",),
+                "commerce.buy": USERS}
+
+    @hookimpl
+    async def shopcast_startup(self, app: Any, nursery: trio.Nursery) -> None:
+        self.db = app.db
+        nursery.start_soon(self._expire_forever)
+
+    @hookimpl
+    async def shopcast_account_forget(self, account_id: str) -> None:
+        await self.db.write(lambda c: CommerceStore.forget(c, account_id))
+
+    @hookimpl
+    async def shopcast_room_closed(self, room: dict[str, Any]) -> None:
+        def delete(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM room_products WHERE room_id = ?", (room["id"],))
+            c.execute("DELETE FROM coupons WHERE room_id = ?", (room["id"],))
+
+        await self.db.write(delete)
+
+    @hookimpl
+    def shopcast_order_may_place(self, order: dict[str, Any]) -> str | None:
+        rule = order.get("_restricted_rule")
+        return f"the product matches {_rule_text(rule)}" if rule else None
+
+    # --- background -------------------------------------------------------------------------
+
+    async def expire_holds(self) -> list[dict[str, Any]]:
+        """Expire unpaid holds past their time (stock and coupon uses come back)
+        and forget idempotency keys older than ``idempotency_ttl_s``; returns
+        the orders expired. Runs every ``hold_check_interval_s``; tests call it."""
+        now = self.clock()
+        ttl = self.cfg.idempotency_ttl_s
+
+        def run(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            c.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (now - ttl,))
+            return CommerceStore.expire(c, now)
+
+        expired = await self.db.write(run)
+        for order in expired:
+            log.info("hold_expired", order=order["id"], sku=order["sku_id"], quantity=order["quantity"])
+            await self.plugins.notify("shopcast_order_cancelled", order=_order_view(order),
+                                      reason="hold_expired")
+        return expired
+
+    async def _expire_forever(self) -> None:
+        while True:
+            await trio.sleep(self.cfg.hold_check_interval_s)
+            try:
+                await self.expire_holds()
+            except Exception:
+                log.error("hold_expiry_failed", exc_info=True)
+
+    async def mark_paid(self, order_id: str) -> dict[str, Any] | None:
+        """Pay a pending order whose hold has not expired (the payments
+        provider's seam); the paid order, or None when it could not be paid."""
+        now = self.clock()
+
+        def pay(c: sqlite3.Connection) -> dict[str, Any] | None:
+            cursor = c.execute("UPDATE orders SET state = 'paid', paid_at = ? WHERE id = ? AND "
+                               "state = 'pending' AND expires_at > ?", (now, order_id, now))
+            return CommerceStore.order(c, order_id) if cursor.rowcount == 1 else None
+
+        order = await self.db.write(pay)
+        if order is not None:
+            await self.plugins.notify("shopcast_order_paid", order=_order_view(order))
+        return order
+
+    # --- routes -----------------------------------------------------------------------------
+
+    @hookimpl
+    def shopcast_register_routes(self, api: Api) -> None:
+        cfg = self.cfg
+        tag = "commerce"
+        error = {"$ref": "#/components/schemas/Error"}
+        url_max = self.app.config.accounts.url_max_chars
+        currency = {"type": "string", "enum": list(cfg.currencies),
+                    "description": "ISO 4217 code, one of commerce.currencies."}
+        minor = {"type": "integer", "minimum": 0, "maximum": cfg.price_max_minor,
+                 "description": "Integer minor units of the currency (cents)."}
+        sku_fields = {
+            "name": {"type": "string", "minLength": 1, "maxLength": cfg.name_max_chars},
+            "price": minor,
+            "currency": currency,
+            "stock": {"type": "integer", "minimum": 0, "maximum": cfg.stock_max},
+            "per_buyer_limit": {"type": "integer", "minimum": 1, "maximum": cfg.stock_max,
+                                "description": "Units one buyer may hold or buy; default "
+                                               "commerce.per_buyer_limit_default."},
+        }
+        product_fields = {
+            "title": {"type": "string", "minLength": 1, "maxLength": cfg.title_max_chars},
+            "description": {"type": "string", "maxLength": cfg.description_max_chars},
+            "category": {"type": "string", "minLength": 1, "maxLength": cfg.name_max_chars},
+            "brand": {"type": "string", "maxLength": cfg.name_max_chars},
+            "images": {"type": "array", "maxItems": cfg.images_max,
+                       "items": {"type": "string", "format": "uri", "maxLength": url_max}},
+            "external_ref": {"type": "string", "minLength": 1, "maxLength": cfg.name_max_chars,
+                             "description": "The platform's own id of the product."},
+            "skus": {"type": "array", "minItems": 1, "maxItems": cfg.skus_max,
+                     "items": {"type": "object", "additionalProperties": False,
+                               "required": ["name", "price", "currency", "stock"],
+                               "properties": sku_fields}},
+        }
+        create_product = {"type": "object", "additionalProperties": False,
+                          "required": ["title", "category", "skus"], "properties": product_fields}
+        sku_out = {"type": "object", "required": ["id", "name", "price", "currency", "stock"],
+                   "properties": {"id": {"type": "string"}, "name": {"type": "string"},
+                                  "price": {"type": "integer"}, "currency": {"type": "string"},
+                                  "stock": {"type": "integer"},
+                                  "per_buyer_limit": {"type": ["integer", "null"]}}}
+        product = api.schema("Product", {
+            "type": "object", "required": ["id", "title", "category", "skus"],
+            "properties": {"id": {"type": "string"}, "title": {"type": "string"},
+                           "description": {"type": "string"}, "category": {"type": "string"},
+                           "brand": {"type": "string"},
+                           "images": {"type": "array", "items": {"type": "string"}},
+                           "external_ref": {"type": ["string", "null"]},
+                           "created_at": {"type": "string"},
+                           "skus": {"type": "array", "items": sku_out}}})
+        api.route("POST", "/api/v1/products", self.create_product, name="products_create", tag=tag,
+                  roles=("host", "service"), request=create_product,
+                  example={"title": "Trail runner 2", "description": "Light trail shoe.",
+                           "category": "footwear", "brand": "Acme",
+                           "images": ["https://cdn.example/p/trail2.jpg"], "external_ref": "sku-8841",
+                           "skus": [{"name": "EU 42", "price": 5999, "currency": "EUR", "stock": 100}]},
+                  summary="Add a product with its variants (hosts, marketers, platforms); prices "
+                          "in integer minor units.",
+                  responses={201: ("The product.", product)})
+        api.route("GET", "/api/v1/products/{product_id}", self.show_product, name="products_show",
+                  tag=tag, roles=EVERYONE, summary="A product with its variants and stock.",
+                  responses={200: ("The product.", product)})
+        room_products = {"type": "object", "required": ["room_id", "products"],
+                         "properties": {"room_id": {"type": "string"},
+                                        "products": {"type": "array", "items": product}}}
+        api.route("GET", "/api/v1/rooms/{room_id}/products", self.list_room_products,
+                  name="room_products_list", tag=tag, roles=EVERYONE,
+                  summary="The room's product list.",
+                  responses={200: ("The products.", room_products)})
+        api.route("PUT", "/api/v1/rooms/{room_id}/products/{product_id}", self.add_room_product,
+                  name="room_products_add", tag=tag, roles=("host",),
+                  summary="Put a product on the room's list before the room starts (owner and "
+                          "team); refused when it matches the restricted goods catalogue.",
+                  responses={200: ("The room's products.", room_products),
+                             409: (("The room has started, the list is full, or the product is "
+                                    "restricted (the message names the rule)."), error)})
+        api.route("DELETE", "/api/v1/rooms/{room_id}/products/{product_id}", self.remove_room_product,
+                  name="room_products_remove", tag=tag, roles=("host",),
+                  summary="Take a product off the room's list before the room starts (owner and team).",
+                  responses={204: ("Removed.", None), 409: ("The room has started.", error)})
+        rule = api.schema("RestrictedRule", {
+            "type": "object", "required": ["id", "kind", "value", "reason"],
+            "properties": {"id": {"type": "integer"}, "kind": {"type": "string", "enum": list(RULE_KINDS)},
+                           "value": {"type": "string"}, "reason": {"type": "string"},
+                           "created_at": {"type": "string"}}})
+        api.route("GET", "/api/v1/restricted-goods", self.list_rules, name="restricted_goods_list",
+                  tag=tag, roles=EVERYONE,
+                  summary="The published catalogue of restricted and prohibited goods "
+                          "(IWA 41 §6.2 d): categories and keywords.",
+                  responses={200: ("The catalogue.", {
+                      "type": "object", "required": ["rules"],
+                      "properties": {"rules": {"type": "array", "items": rule}}})})
+        api.route("POST", "/api/v1/restricted-goods", self.add_rule, name="restricted_goods_add",
+                  tag=tag, roles=("operator",),
+                  request={"type": "object", "additionalProperties": False,
+                           "required": ["kind", "value"],
+                           "properties": {"kind": {"type": "string", "enum": list(RULE_KINDS)},
+                                          "value": {"type": "string", "minLength": 1,
+                                                    "maxLength": cfg.name_max_chars},
+                                          "reason": {"type": "string",
+                                                     "maxLength": cfg.description_max_chars}}},
+                  example={"kind": "keyword", "value": "e-cigarette", "reason": "tobacco products"},
+                  summary="Add a category or keyword to the catalogue (compared case- and "
+                          "accent-insensitively).",
+                  responses={201: ("The rule.", rule), 409: ("The same rule exists.", error)})
+        api.route("DELETE", "/api/v1/restricted-goods/{rule_id}", self.remove_rule,
+                  name="restricted_goods_remove", tag=tag, roles=("operator",),
+                  summary="Remove a rule from the catalogue.",
+                  responses={204: ("Removed.", None)})
+        coupon = api.schema("Coupon", {
+            "type": "object", "required": ["code", "room_id", "kind", "value", "max_uses", "uses"],
+            "properties": {"code": {"type": "string"}, "room_id": {"type": "string"},
+                           "kind": {"type": "string", "enum": list(COUPON_KINDS)},
+                           "value": {"type": "integer"}, "currency": {"type": ["string", "null"]},
+                           "max_uses": {"type": "integer"}, "uses": {"type": "integer"}}})
+        api.route("POST", "/api/v1/rooms/{room_id}/coupons", self.create_coupon,
+                  name="coupons_create", tag=tag, roles=("host",),
+                  request={"type": "object", "additionalProperties": False,
+                           "required": ["code", "kind", "value", "max_uses"],
+                           "properties": {
+                               "code": {"type": "string", "pattern": "^[A-Za-z0-9_-]{3,32}$"},
+                               "kind": {"type": "string", "enum": list(COUPON_KINDS)},
+                               "value": {"type": "integer", "minimum": 1,
+                                         "maximum": cfg.price_max_minor,
+                                         "description": "percent: 1 to commerce.coupon_percent_max; "
+                                                        "amount: minor units."},
+                               "currency": {**currency, "description": "Required for amount coupons."},
+                               "max_uses": {"type": "integer", "minimum": 1,
+                                            "maximum": cfg.coupon_uses_max}}},
+                  example={"code": "SPRING10", "kind": "percent", "value": 10, "max_uses": 500},
+                  summary="A coupon valid for Buy Now in this room (owner and team).",
+                  responses={201: ("The coupon.", coupon), 409: ("The code exists in this room.", error)})
+        order = api.schema("Order", {
+            "type": "object",
+            "required": ["id", "room_id", "sku_id", "quantity", "unit_price", "subtotal", "discount",
+                         "total", "currency", "state", "expires_at"],
+            "properties": {**{k: {"type": "string"} for k in ("id", "room_id", "product_id", "sku_id",
+                                                               "currency", "created_at", "expires_at")},
+                           **{k: {"type": "integer"} for k in ("quantity", "unit_price", "subtotal",
+                                                                "discount", "total")},
+                           "coupon_code": {"type": ["string", "null"]},
+                           "paid_at": {"type": ["string", "null"]},
+                           "state": {"type": "string", "enum": list(ORDER_STATES)}}})
+        api.route("POST", "/api/v1/rooms/{room_id}/orders", self.buy_now, name="orders_buy_now",
+                  tag=tag, roles=USERS,
+                  request={"type": "object", "additionalProperties": False,
+                           "required": ["sku_id", "quantity"],
+                           "properties": {"sku_id": {"type": "string", "minLength": 1, "maxLength": 64},
+                                          "quantity": {"type": "integer", "minimum": 1,
+                                                       "maximum": cfg.quantity_max},
+                                          "coupon_code": {"type": "string",
+                                                          "pattern": "^[A-Za-z0-9_-]{3,32}$"}}},
+                  example={"sku_id": "s0123456789abcdef", "quantity": 1, "coupon_code": "SPRING10"},
+                  description="Creates an order holding the stock for commerce.hold_expiry_s; the "
+                              "price is computed by the server. With an `Idempotency-Key` header "
+                              "(1 to 255 visible ASCII characters) a retry with the same body gets "
+                              "the same answer, and another body gets 409.",
+                  summary="Buy Now: an order with an inventory hold, in a live room.",
+                  responses={201: ("The order, pending payment.", order),
+                             409: (("Sold out, over the per-buyer limit, the room is not live, the "
+                                    "coupon cannot be used, the product is restricted, or the "
+                                    "idempotency key was used with another body."), error)})
+        api.route("GET", "/api/v1/orders/{order_id}", self.show_order, name="orders_show", tag=tag,
+                  roles=USERS, summary="One of the caller's orders.",
+                  responses={200: ("The order.", order)})
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    async def _product(self, product_id: str) -> dict[str, Any]:
+        product = await self.db.read(lambda c: CommerceStore.product(c, product_id))
+        if product is None:
+            raise HTTPError(404, "not_found", f"no product {product_id!r}", "product_id")
+        return product
+
+    async def _room_products_view(self, room_id: str) -> dict[str, Any]:
+        def load(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            return [CommerceStore.product(c, p) for p in CommerceStore.room_product_ids(c, room_id)]
+
+        return {"room_id": room_id, "products": [_product_view(p) for p in await self.db.read(load)]}
+
+    async def _editable_room(self, room_id: str, claims: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        rooms = self.plugins.get("rooms")
+        room = await rooms.get(room_id)
+        account = await rooms._team_member(room, claims)
+        if room["state"] not in _EDITABLE_ROOM_STATES:
+            raise HTTPError(409, "room_started", f"the room is {room['state']}; its product list "
+                            "and coupons are prepared before it starts", "room_id")
+        return room, account
+
+    # --- handlers: catalog ------------------------------------------------------------------
+
+    async def create_product(self, request, claims, body, query) -> Response:
+        if claims.role == "service":
+            owner_id = "service:" + claims.subject
+        else:
+            account = await self.plugins.get("accounts").require_account(claims)
+            if account["role"] not in ("host", "marketer"):
+                raise HTTPError(403, "not_a_seller", "only hosts, marketers and platforms add "
+                                "products", "authorization")
+            owner_id = account["id"]
+        names = [s["name"] for s in body["skus"]]
+        if len(set(names)) != len(names):
+            raise field_error("skus", "variant names must differ")
+        now = time.time()
+        product = {"id": "p" + secrets.token_hex(8), "owner_id": owner_id, "title": body["title"],
+                   "description": body.get("description", ""), "category": body["category"],
+                   "brand": body.get("brand", ""), "images": body.get("images", []),
+                   "external_ref": body.get("external_ref"), "created_at": now}
+        skus = [{**s, "id": "s" + secrets.token_hex(8)} for s in body["skus"]]
+        await self.db.write(lambda c: CommerceStore.insert_product(c, product, skus))
+        return Response.json(_product_view(await self._product(product["id"])), status=201)
+
+    async def show_product(self, request, claims, body, query, product_id: str) -> Response:
+        return Response.json(_product_view(await self._product(product_id)))
+
+    async def list_room_products(self, request, claims, body, query, room_id: str) -> Response:
+        await self.plugins.get("rooms").get(room_id)
+        return Response.json(await self._room_products_view(room_id))
+
+    async def add_room_product(self, request, claims, body, query, room_id: str,
+                               product_id: str) -> Response:
+        room, account = await self._editable_room(room_id, claims)
+        product = await self._product(product_id)
+        rooms = self.plugins.get("rooms")
+        owner = product["owner_id"]
+        if not (owner.startswith("service:") or owner == account["id"]
+                or await rooms._is_team(room, owner)):
+            raise HTTPError(403, "not_your_product", "only products of the room's owner and team, "
+                            "or a platform's, may be put on its list", "product_id")
+        rule = restricted_match(product, await self.db.read(CommerceStore.rules))
+        if rule is not None:
+            raise HTTPError(409, "restricted_goods", f"product {product_id} matches "
+                            f"{_rule_text(rule)}; it cannot be sold in a room", "product_id")
+        limit = self.cfg.products_per_room_max
+        now = time.time()
+
+        def add(c: sqlite3.Connection) -> None:
+            ids = CommerceStore.room_product_ids(c, room_id)
+            if product_id in ids:
+                return
+            if len(ids) >= limit:
+                raise HTTPError(409, "room_products_full", f"a room lists at most {limit} products "
+                                "(commerce.products_per_room_max)", "product_id")
+            c.execute("INSERT INTO room_products VALUES (?, ?, ?)", (room_id, product_id, now))
+
+        await self.db.write(add)
+        return Response.json(await self._room_products_view(room_id))
+
+    async def remove_room_product(self, request, claims, body, query, room_id: str,
+                                  product_id: str) -> Response:
+        await self._editable_room(room_id, claims)
+        removed = await self.db.write(lambda c: c.execute(
+            "DELETE FROM room_products WHERE room_id = ? AND product_id = ?",
+            (room_id, product_id)).rowcount)
+        if not removed:
+            raise HTTPError(404, "not_found", f"product {product_id!r} is not on the room's list",
+                            "product_id")
+        return Response(204)
+
+    # --- handlers: restricted goods ---------------------------------------------------------
+
+    async def list_rules(self, request, claims, body, query) -> Response:
+        rules = await self.db.read(CommerceStore.rules)
+        return Response.json({"rules": [_rule_view(r) for r in rules]},
+                             headers=(("cache-control", "public, max-age=60"),))
+
+    async def add_rule(self, request, claims, body, query) -> Response:
+        folded = fold_untrusted(body["value"])
+        if not folded:
+            raise field_error("value", "must contain more than white space")
+        now = time.time()
+        limit = self.cfg.restricted_rules_max
+
+        def add(c: sqlite3.Connection) -> dict[str, Any]:
+            if c.execute("SELECT count(*) FROM restricted_rules").fetchone()[0] >= limit:
+                raise HTTPError(409, "catalogue_full", f"at most {limit} rules "
+                                "(commerce.restricted_rules_max)", "value")
+            try:
+                rule_id = c.execute("INSERT INTO restricted_rules (kind, value, folded, reason, "
+                                    "created_at) VALUES (?, ?, ?, ?, ?)",
+                                    (body["kind"], body["value"].strip(), folded,
+                                     body.get("reason", ""), now)).lastrowid
+            except sqlite3.IntegrityError:
+                raise HTTPError(409, "rule_exists", f"the {body['kind']} {body['value']!r} is "
+                                "already in the catalogue", "value") from None
+            c.execute("INSERT INTO audit_log (at, actor, action, subject, reason) VALUES (?, ?, ?, ?, ?)",
+                      (now, claims.subject, "restricted_goods_add", str(rule_id), body["value"]))
+            return dict(c.execute("SELECT * FROM restricted_rules WHERE id = ?", (rule_id,)).fetchone())
+
+        return Response.json(_rule_view(await self.db.write(add)), status=201)
+
+    async def remove_rule(self, request, claims, body, query, rule_id: str) -> Response:
+        if not re.fullmatch(r"\d{1,12}", rule_id):
+            raise HTTPError(404, "not_found", f"no rule {rule_id!r}", "rule_id")
+        now = time.time()
+
+        def remove(c: sqlite3.Connection) -> int:
+            count = c.execute("DELETE FROM restricted_rules WHERE id = ?", (int(rule_id),)).rowcount
+            if count:
+                c.execute("INSERT INTO audit_log (at, actor, action, subject, reason) "
+                          "VALUES (?, ?, ?, ?, ?)", (now, claims.subject, "restricted_goods_remove",
+                                                     rule_id, ""))
+            return count
+
+        if not await self.db.write(remove):
+            raise HTTPError(404, "not_found", f"no rule {rule_id!r}", "rule_id")
+        return Response(204)
+
+    # --- handlers: coupons ------------------------------------------------------------------
+
+    async def create_coupon(self, request, claims, body, query, room_id: str) -> Response:
+        _, account = await self._editable_room(room_id, claims)
+        cfg = self.cfg
+        if body["kind"] == "percent":
+            if body["value"] > cfg.coupon_percent_max:
+                raise field_error("value", f"a percent coupon is at most {cfg.coupon_percent_max} "
+                                  "(commerce.coupon_percent_max)")
+            if "currency" in body:
+                raise field_error("currency", "only amount coupons have a currency")
+        elif "currency" not in body:
+            raise field_error("currency", "is required for amount coupons")
+        row = {"room_id": room_id, "code": body["code"], "owner_id": account["id"],
+               "kind": body["kind"], "value": body["value"], "currency": body.get("currency"),
+               "max_uses": body["max_uses"], "uses": 0, "created_at": time.time()}
+
+        def add(c: sqlite3.Connection) -> None:
+            try:
+                c.execute(f"INSERT INTO coupons ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                          tuple(row.values()))
+            except sqlite3.IntegrityError:
+                raise HTTPError(409, "coupon_exists", f"the room already has a coupon "
+                                f"{body['code']!r}", "code") from None
+
+        await self.db.write(add)
+        return Response.json(_coupon_view(row), status=201)
+
+    # --- handlers: Buy Now ------------------------------------------------------------------
+
+    async def buy_now(self, request, claims, body, query, room_id: str) -> Response:
+        key = request.header("idempotency-key")
+        if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+            raise HTTPError(400, "invalid_field", "Idempotency-Key: expected 1 to 255 visible ASCII "
+                            "characters", "Idempotency-Key")
+        account = await self.plugins.get("accounts").require_account(claims)
+        buyer_id = account["id"]
+        digest = hashlib.sha256(json.dumps({"room_id": room_id, "body": body}, sort_keys=True,
+                                           separators=(",", ":")).encode()).hexdigest()
+        rooms = self.plugins.get("rooms")
+        room = await rooms.get(room_id)
+        rules = await self.db.read(CommerceStore.rules)
+
+        def look_up(c: sqlite3.Connection) -> dict[str, Any] | None:
+            sku = c.execute("SELECT product_id FROM skus WHERE id = ?", (body["sku_id"],)).fetchone()
+            return CommerceStore.product(c, sku["product_id"]) if sku else None
+
+        # Vetoes are synchronous hooks, asked here on the event loop, not in the
+        # database thread; the answer is kept under the idempotency key like any refusal.
+        veto = None
+        product = await self.db.read(look_up)
+        if product is not None:
+            veto = self.plugins.veto("shopcast_order_may_place", order={
+                "room_id": room_id, "buyer_id": buyer_id, "product_id": product["id"],
+                "sku_id": body["sku_id"], "quantity": body["quantity"],
+                "_restricted_rule": restricted_match(product, rules)})
+        cfg = self.cfg
+        now = self.clock()
+        expires_at = now + cfg.hold_expiry_s
+
+        def refuse(status: int, code: str, message: str, field: str | None) -> None:
+            raise _Refusal(HTTPError(status, code, message, field))
+
+        def place(c: sqlite3.Connection) -> tuple[int, dict[str, Any], bool]:
+            """(status, response body, whether an order was placed now)."""
+            if key is not None:
+                stored = c.execute("SELECT request_sha256, status, response FROM idempotency_keys "
+                                   "WHERE buyer_id = ? AND key = ?", (buyer_id, key)).fetchone()
+                if stored is not None:
+                    if stored["request_sha256"] != digest:
+                        raise HTTPError(409, "idempotency_key_reused", "this Idempotency-Key was "
+                                        "used with another request", "Idempotency-Key")
+                    return stored["status"], json.loads(stored["response"]), False
+            c.execute("SAVEPOINT buy")
+            try:
+                status, view = 201, place_order(c)
+                placed = True
+            except _Refusal as refusal:
+                c.execute("ROLLBACK TO buy")
+                error = refusal.error
+                status, view = error.status, {"error": {"code": error.code, "message": error.message,
+                                                        "field": error.field}}
+                placed = False
+            c.execute("RELEASE buy")
+            if key is not None:
+                c.execute("INSERT INTO idempotency_keys VALUES (?, ?, ?, ?, ?, ?)",
+                          (buyer_id, key, digest, status, json.dumps(view), now))
+            return status, view, placed
+
+        def place_order(c: sqlite3.Connection) -> dict[str, Any]:
+            if room["state"] != "live":
+                refuse(409, "room_not_live", f"the room is {room['state']}; Buy Now works while "
+                       "it is live", "room_id")
+            sku = c.execute("SELECT * FROM skus WHERE id = ?", (body["sku_id"],)).fetchone()
+            if sku is None or c.execute("SELECT 1 FROM room_products WHERE room_id = ? AND "
+                                        "product_id = ?", (room_id, sku["product_id"])).fetchone() is None:
+                refuse(404, "not_found", f"no variant {body['sku_id']!r} on this room's list", "sku_id")
+            quantity = body["quantity"]
+            order = {"id": "o" + secrets.token_hex(8), "buyer_id": buyer_id, "room_id": room_id,
+                     "product_id": sku["product_id"], "sku_id": sku["id"], "quantity": quantity,
+                     "currency": sku["currency"]}
+            if veto is not None:
+                refuse(409, "order_refused", f"the order cannot be placed: {veto}", "sku_id")
+            limit = sku["per_buyer_limit"] or cfg.per_buyer_limit_default
+            held = c.execute("SELECT coalesce(sum(quantity), 0) FROM orders WHERE buyer_id = ? AND "
+                             "sku_id = ? AND state IN ('pending', 'paid')",
+                             (buyer_id, sku["id"])).fetchone()[0]
+            if held + quantity > limit:
+                refuse(409, "per_buyer_limit", f"one buyer may have at most {limit} of this variant "
+                       f"(already {held})", "quantity")
+            if not CommerceStore.take_stock(c, sku["id"], quantity):
+                refuse(409, "sold_out", "not enough stock left for this quantity", "quantity")
+            coupon = None
+            if "coupon_code" in body:
+                coupon = c.execute("SELECT * FROM coupons WHERE room_id = ? AND code = ?",
+                                   (room_id, body["coupon_code"])).fetchone()
+                if coupon is None:
+                    refuse(409, "coupon_invalid", "no such coupon in this room", "coupon_code")
+                if coupon["kind"] == "amount" and coupon["currency"] != sku["currency"]:
+                    refuse(409, "coupon_invalid", f"the coupon is in {coupon['currency']}, the "
+                           f"price in {sku['currency']}", "coupon_code")
+                if c.execute("UPDATE coupons SET uses = uses + 1 WHERE room_id = ? AND code = ? AND "
+                             "uses < max_uses", (room_id, coupon["code"])).rowcount != 1:
+                    refuse(409, "coupon_used_up", "the coupon has no uses left", "coupon_code")
+            subtotal, discount, total = price_order(sku["price"], quantity, coupon and dict(coupon))
+            order.update({"unit_price": sku["price"], "subtotal": subtotal, "discount": discount,
+                          "total": total, "coupon_code": coupon["code"] if coupon else None,
+                          "state": "pending", "created_at": now, "expires_at": expires_at,
+                          "paid_at": None, "ended_at": None})
+            c.execute(f"INSERT INTO orders ({', '.join(order)}) VALUES ({', '.join('?' * len(order))})",
+                      tuple(order.values()))
+            return _order_view(order)
+
+        status, view, placed = await self.db.write(place)
+        if placed:
+            log.info("order_placed", order=view["id"], sku=view["sku_id"], quantity=view["quantity"])
+            await self.plugins.notify("shopcast_order_placed", order=view)
+        return Response.json(view, status=status)
+
+    async def show_order(self, request, claims, body, query, order_id: str) -> Response:
+        account = await self.plugins.get("accounts").require_account(claims)
+        order = await self.db.read(lambda c: CommerceStore.order(c, order_id))
+        if order is None or (order["buyer_id"] != account["id"] and account["role"] != "operator"):
+            raise HTTPError(404, "not_found", f"no order {order_id!r} of yours", "order_id")
+        return Response.json(_order_view(order))
