@@ -106,9 +106,11 @@ class ServerApp:
             self.data_dir, config.tokens.api_key, config.tokens.api_secret)
         self.api_key: ApiKey = api_key
         self.tokens = TokenAuthority([api_key], leeway_s=config.tokens.leeway_s,
-                                     max_ttl_s=config.tokens.max_ttl_s)
+                                     max_ttl_s=config.tokens.max_ttl_s,
+                                     max_token_bytes=config.tokens.max_token_bytes)
         self.metrics = Registry()
         self.router = Router(metrics=self.metrics, cors_origins=config.http.cors_origins,
+                             cors_max_age_s=config.http.cors_max_age_s,
                              latency_buckets_s=config.http.latency_buckets_s)
         self.quic = QuicEndpoint(
             quic_config=config.quic, webtransport_config=config.webtransport,
@@ -122,6 +124,7 @@ class ServerApp:
             max_frame_bytes=relay.max_frame_bytes,
             max_group_bytes=relay.max_group_bytes,
             keyframe_request_interval_s=relay.keyframe_request_interval_ms / 1000,
+            max_open_groups_per_track=relay.max_open_groups_per_track,
             publisher_takeover=relay.publisher_takeover))
         self.moq = MoqServer(self.relay, MoqSettings(
             latency_budget_s=relay.latency_budget_ms / 1000,
@@ -130,7 +133,12 @@ class ServerApp:
                 max_message_size_bytes=relay.max_message_bytes,
                 max_frame_size_bytes=relay.max_frame_bytes,
                 max_peer_subscriptions=relay.max_subscriptions_per_session,
-                max_peer_announce_interests=relay.max_announce_interests_per_session)))
+                max_peer_announce_interests=relay.max_announce_interests_per_session,
+                max_name_size_bytes=relay.max_name_bytes,
+                max_announce_paths=relay.max_announce_paths,
+                max_early_bytes=relay.max_early_bytes,
+                max_setup_versions=relay.max_setup_versions,
+                max_setup_parameters=relay.max_setup_parameters)))
         self.quic.session_handlers[relay.path] = self.moq.handle_session
         chat = config.chat
         self.interaction = InteractionService(self.relay, InteractionSettings(
@@ -247,7 +255,8 @@ class ServerApp:
         """HTTP/3 requests go through the same router as HTTP/1.1 and HTTP/2."""
         try:
             request = request_from_pseudo_headers_untrusted(
-                h3.headers, body=h3.body, client=h3.remote_address[:2], http_version="3")
+                h3.headers, body=h3.body, client=h3.remote_address[:2], http_version="3",
+                max_query_fields=self.config.http.max_query_fields)
         except HTTPError as exc:
             response = exc.to_response()
         else:

@@ -98,6 +98,7 @@ class TokensConfig:
     default_ttl_s: int = _spec(min=1, max=31536000, unit="s")
     max_ttl_s: int = _spec(min=1, max=31536000, unit="s")
     leeway_s: int = _spec(min=0, max=3600, unit="s")
+    max_token_bytes: int = _spec(min=256, max=65536, unit="bytes")
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ class WebTransportConfig:
     stream_buffer_bytes: int = _spec(min=4096, max=1 << 30, unit="bytes")
     accept_queue_streams: int = _spec(min=1, max=100_000, unit="count")
     datagram_queue: int = _spec(min=1, max=1_000_000, unit="count")
+    send_high_water_bytes: int = _spec(min=1024, max=1 << 30, unit="bytes")
+    max_capsule_bytes: int = _spec(min=1024, max=1 << 24, unit="bytes")
     serve_certificate_hash_over_http: bool = _spec()
 
 
@@ -140,6 +143,10 @@ class HttpConfig:
     cors_origins: tuple[str, ...] = _spec()
     static_max_age_s: int = _spec(min=0, max=31536000, unit="s")
     h2_max_concurrent_streams: int = _spec(min=1, max=10_000, unit="count")
+    listen_backlog: int = _spec(min=1, max=65535, unit="count")
+    close_timeout_s: float = _spec(min=0.0, max=60.0, unit="s")
+    max_query_fields: int = _spec(min=1, max=10_000, unit="count")
+    cors_max_age_s: int = _spec(min=0, max=86400, unit="s")
     latency_buckets_s: tuple[float, ...] = _spec(unit="s")
 
 
@@ -160,6 +167,12 @@ class RelayConfig:
     max_message_bytes: int = _spec(min=1024, max=1 << 24, unit="bytes")
     max_subscriptions_per_session: int = _spec(min=1, max=1_000_000, unit="count")
     max_announce_interests_per_session: int = _spec(min=1, max=10_000, unit="count")
+    max_open_groups_per_track: int = _spec(min=1, max=64, unit="count")
+    max_name_bytes: int = _spec(min=16, max=65536, unit="bytes")
+    max_announce_paths: int = _spec(min=1, max=1_000_000, unit="count")
+    max_early_bytes: int = _spec(min=1024, max=1 << 30, unit="bytes")
+    max_setup_versions: int = _spec(min=1, max=1024, unit="count")
+    max_setup_parameters: int = _spec(min=1, max=1024, unit="count")
 
 
 @dataclass(frozen=True)
@@ -173,6 +186,7 @@ class RtmpConfig:
     public_host: str = _spec()
     stream_key_secret_file: str = _spec()
     max_connections: int = _spec(min=1, max=1_000_000, unit="count")
+    listen_backlog: int = _spec(min=1, max=65535, unit="count")
     handshake_timeout_s: float = _spec(min=0.1, max=600.0, unit="s")
     idle_timeout_s: float = _spec(min=0.1, max=3600.0, unit="s")
     receive_bytes: int = _spec(min=1024, max=1 << 24, unit="bytes")

@@ -51,13 +51,9 @@ ALPN_PROTOCOLS = ["h2", "http/1.1"]
 _RECEIVE_BYTES = 65536
 # The first byte of a TLS ClientHello record; anything else is plain HTTP.
 _TLS_HANDSHAKE_RECORD = 0x16
-# Pending connections the kernel queues while the accept loop catches up (count).
-_LISTEN_BACKLOG = 1024
 # After accept() fails for lack of file descriptors or memory, wait this long before
 # trying again rather than spinning (s).
 _ACCEPT_RETRY_S = 0.1
-# How long closing a connection may wait to send the TLS close_notify (s).
-_CLOSE_TIMEOUT_S = 1.0
 # Tries to bind every address to one ephemeral port when port is 0 (count).
 _EPHEMERAL_BIND_TRIES = 10
 # Response headers that HTTP/2 forbids and that framing, not handlers, decides.
@@ -335,6 +331,7 @@ class _H11Connection:
             return False
         try:
             request = request_from_head_untrusted(
+                max_query_fields=self.server.config.max_query_fields,
                 method=event.method,
                 target=event.target,
                 headers=event.headers,
@@ -634,7 +631,8 @@ class _H2Connection:
         with stream.cancel_scope:
             try:
                 request = request_from_pseudo_headers_untrusted(
-                    stream.headers, body=b"".join(stream.body), client=self.client, http_version="2"
+                    stream.headers, body=b"".join(stream.body), client=self.client, http_version="2",
+                    max_query_fields=self.server.config.max_query_fields,
                 )
             except HTTPError as exc:
                 response = exc.to_response()
@@ -744,13 +742,13 @@ async def _serve_connection(server: _Server, tcp_stream: trio.SocketStream) -> N
         logger.exception("connection from %s failed", client)
     finally:
         server.open_connections -= 1
-        await _close(stream)
+        await _close(stream, server.config.close_timeout_s)
 
 
-async def _close(stream: trio.abc.Stream) -> None:
+async def _close(stream: trio.abc.Stream, timeout_s: float) -> None:
     """Close with a TLS close_notify where the peer takes it, so clients see a clean
     end rather than a truncation; a peer that does not read is cut off."""
-    with trio.move_on_after(_CLOSE_TIMEOUT_S):
+    with trio.move_on_after(timeout_s):
         try:
             await stream.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -778,7 +776,7 @@ async def _accept_loop(server: _Server, listener: trio.SocketListener, connectio
         connections.start_soon(_serve_connection, server, tcp_stream)
 
 
-async def _bind_once(addresses: Sequence[str], port: int) -> list[trio.socket.SocketType]:
+async def _bind_once(addresses: Sequence[str], port: int, backlog: int) -> list[trio.socket.SocketType]:
     """One listening socket per address, all on one port (the first one's, when
     ``port`` is 0)."""
     has_ipv4 = any(":" not in address for address in addresses)
@@ -798,7 +796,7 @@ async def _bind_once(addresses: Sequence[str], port: int) -> list[trio.socket.So
                 dual_stack = sockaddr[0] == "::" and not has_ipv4
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
             await sock.bind(sockaddr)
-            sock.listen(_LISTEN_BACKLOG)
+            sock.listen(backlog)
             port = sock.getsockname()[1]
     except BaseException:
         for sock in sockets:
@@ -807,12 +805,12 @@ async def _bind_once(addresses: Sequence[str], port: int) -> list[trio.socket.So
     return sockets
 
 
-async def _bind(addresses: Sequence[str], port: int) -> list[trio.socket.SocketType]:
+async def _bind(addresses: Sequence[str], port: int, backlog: int) -> list[trio.socket.SocketType]:
     if not addresses:
         raise ValueError("serve_https needs at least one address to listen on")
     for attempt in range(_EPHEMERAL_BIND_TRIES):
         try:
-            return await _bind_once(addresses, port)
+            return await _bind_once(addresses, port, backlog)
         except OSError as exc:
             # With port 0 the first address's ephemeral port may be taken on another
             # address; try a fresh one.
@@ -866,7 +864,7 @@ async def serve_https(
     others being served; only errors binding the sockets propagate.
     """
     ssl_context.set_alpn_protocols(ALPN_PROTOCOLS)
-    sockets = await _bind(addresses, port)
+    sockets = await _bind(addresses, port, config.listen_backlog)
     try:
         listeners = [trio.SocketListener(sock) for sock in sockets]
         bound_ports = [sock.getsockname()[1] for sock in sockets]

@@ -794,7 +794,8 @@ class QuicConnectionDriver:
             self, stream_id, path=url.path, query=query, headers=dict(regular),
             claims=claims, remote_address=self.remote_address,
             accept_queue=wc.accept_queue_streams, datagram_queue=wc.datagram_queue,
-            stream_buffer_bytes=wc.stream_buffer_bytes)
+            stream_buffer_bytes=wc.stream_buffer_bytes,
+                send_high_water_bytes=wc.send_high_water_bytes, max_capsule_bytes=wc.max_capsule_bytes)
         self._sessions[stream_id] = session
         stats.sessions_open += 1
         stats.sessions_total += 1
@@ -920,7 +921,8 @@ class QuicConnectionDriver:
                 self, event.stream_id, path=url.path, query=dict(parse_qsl(url.query)),
                 headers=response_headers, claims=None, remote_address=self.remote_address,
                 accept_queue=wc.accept_queue_streams, datagram_queue=wc.datagram_queue,
-                stream_buffer_bytes=wc.stream_buffer_bytes)
+                stream_buffer_bytes=wc.stream_buffer_bytes,
+                send_high_water_bytes=wc.send_high_water_bytes, max_capsule_bytes=wc.max_capsule_bytes)
             self._sessions[event.stream_id] = session
             waiter.session = session
             del self._connects[event.stream_id]

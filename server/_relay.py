@@ -57,6 +57,8 @@ class RelayLimits:
     max_group_bytes: int = 32 * 1024 * 1024
     keyframe_request_interval_s: float = 1.0
     publisher_takeover: bool = False
+    max_open_groups_per_track: int = 4
+    """Groups of one track open at once; older ones are ended when a new one begins."""
 
 
 @dataclass(eq=False)
@@ -107,9 +109,6 @@ class Track:
     new subscriber starts at its keyframe at once.
     """
 
-    MAX_OPEN_GROUPS = 4
-    """Groups a track keeps open at once; older ones are ended when a new one begins."""
-
     def __init__(self, broadcast: "Broadcast", name: str, limits: RelayLimits) -> None:
         self.broadcast = broadcast
         self.name = name
@@ -144,7 +143,7 @@ class Track:
         self._open[sequence] = group
         if self.current is None or sequence > self.current.sequence:
             self.current = group
-        while len(self._open) > self.MAX_OPEN_GROUPS:
+        while len(self._open) > self._limits.max_open_groups_per_track:
             self.end_group(self._open[min(self._open)])
         self.stats.groups_in += 1
         for sink in list(self._sinks):

@@ -21,16 +21,14 @@ from ._metrics import Registry
 
 logger = logging.getLogger("shopcast.http")
 
-# Most query parameters parsed from one request target (count): bounds the work an
+# Most query parameters parsed from one request target, unless the caller says
+# otherwise (the server passes [http] max_query_fields): bounds the work an
 # attacker can ask for with one short request.
 MAX_QUERY_FIELDS = 256
 
 # Methods the metrics label by name; anything else is counted as "other" so that a
 # client sending random methods cannot create unbounded label values.
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-# How long a browser may cache a CORS preflight answer (s).
-_PREFLIGHT_MAX_AGE_S = 600
 
 # Route label for requests that matched no route, in metrics.
 UNMATCHED_ROUTE = "unmatched"
@@ -190,7 +188,7 @@ def _decode_json_object_untrusted(body: bytes) -> dict[str, Any]:
     return value
 
 
-def _split_target_untrusted(target: str) -> tuple[str, dict[str, str]]:
+def _split_target_untrusted(target: str, max_query_fields: int) -> tuple[str, dict[str, str]]:
     """Split a request target (origin or absolute form) into the raw path and the
     decoded query."""
     if target.startswith(("http://", "https://")):
@@ -203,13 +201,13 @@ def _split_target_untrusted(target: str) -> tuple[str, dict[str, str]]:
     if query_text:
         try:
             pairs = urllib.parse.parse_qsl(
-                query_text, keep_blank_values=True, errors="strict", max_num_fields=MAX_QUERY_FIELDS
+                query_text, keep_blank_values=True, errors="strict", max_num_fields=max_query_fields
             )
         except UnicodeDecodeError:
             raise HTTPError(400, "bad_request", "the query string is not UTF-8", "query") from None
         except ValueError:
             raise HTTPError(
-                400, "bad_request", f"the query string has more than {MAX_QUERY_FIELDS} fields", "query"
+                400, "bad_request", f"the query string has more than {max_query_fields} fields", "query"
             ) from None
         for name, value in pairs:
             query.setdefault(name, value)
@@ -253,6 +251,7 @@ def request_from_head_untrusted(
     body: bytes,
     client: tuple[str, int] | None,
     http_version: str,
+    max_query_fields: int = MAX_QUERY_FIELDS,
 ) -> Request:
     """A `Request` from an HTTP/1.x request line and headers; HTTPError 400 when the
     target is malformed."""
@@ -260,7 +259,7 @@ def request_from_head_untrusted(
         target_text = target.decode("ascii")
     except UnicodeDecodeError:
         raise HTTPError(400, "bad_request", "the request target is not ASCII", "path") from None
-    path, query = _split_target_untrusted(target_text)
+    path, query = _split_target_untrusted(target_text, max_query_fields)
     return Request(
         method=method.decode("ascii").upper(),
         path=path,
@@ -278,6 +277,7 @@ def request_from_pseudo_headers_untrusted(
     body: bytes,
     client: tuple[str, int] | None,
     http_version: str,
+    max_query_fields: int = MAX_QUERY_FIELDS,
 ) -> Request:
     """A `Request` from an HTTP/2 or HTTP/3 header list (pseudo-headers first, as h2
     and aioquic deliver them); HTTPError 400 when :method or :path is missing or
@@ -304,7 +304,7 @@ def request_from_pseudo_headers_untrusted(
         path_raw.encode("ascii")
     except UnicodeEncodeError:
         raise HTTPError(400, "bad_request", "the request target is not ASCII", ":path") from None
-    path, query = _split_target_untrusted(path_raw)
+    path, query = _split_target_untrusted(path_raw, max_query_fields)
     return Request(
         method=method.upper(),
         path=path,
@@ -408,8 +408,11 @@ class Router:
         metrics: Registry,
         latency_buckets_s: Sequence[float],
         cors_origins: Sequence[str] = (),
+        cors_max_age_s: int = 600,
     ) -> None:
         self._routes: list[_Route] = []
+        # How long a browser may cache a preflight answer (s).
+        self._cors_max_age_s = cors_max_age_s
         self._names: set[str] = set()
         self._cors_any = "*" in cors_origins
         self._cors_origins = frozenset(cors_origins)
@@ -506,7 +509,7 @@ class Router:
             allow,
             *cors,
             ("access-control-allow-methods", allow[1]),
-            ("access-control-max-age", str(_PREFLIGHT_MAX_AGE_S)),
+            ("access-control-max-age", str(self._cors_max_age_s)),
         ]
         wanted_headers = request.header("access-control-request-headers")
         if wanted_headers:

@@ -142,7 +142,7 @@ class RtmpServer:
         in ``shopcast_rtmp_errors_total``. Only errors binding the sockets
         propagate.
         """
-        sockets = await _bind(addresses, port)
+        sockets = await _bind(addresses, port, self.config.listen_backlog)
         try:
             listeners = [trio.SocketListener(sock) for sock in sockets]
             bound_port = sockets[0].getsockname()[1]

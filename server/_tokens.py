@@ -33,8 +33,6 @@ ROLES = ("viewer", "host", "operator", "service")
 # Rooms and roles that act everywhere; only these two roles may hold it.
 ANY_ROOM = "*"
 _WIDE_ROLES = ("operator", "service")
-# Tokens longer than this are refused before any decoding work.
-MAX_TOKEN_BYTES = 4096
 _HEADER_KEYS = {"alg", "typ", "kid"}
 _CLAIM_KEYS = {"sub", "role", "room", "exp", "iat"}
 
@@ -111,13 +109,16 @@ class TokenAuthority:
     seconds so that tests control them.
     """
 
-    def __init__(self, keys: list[ApiKey], *, leeway_s: int = 30, max_ttl_s: int = 2592000) -> None:
+    def __init__(self, keys: list[ApiKey], *, leeway_s: int = 30, max_ttl_s: int = 2592000,
+                 max_token_bytes: int = 4096) -> None:
         if not keys:
             raise ValueError("at least one API key is needed")
         self._secrets = {k.key_id: k.secret.encode("utf-8") for k in keys}
         self._default_kid = keys[0].key_id
         self._leeway_s = leeway_s
         self._max_ttl_s = max_ttl_s
+        # Longer tokens are refused before any decoding work.
+        self._max_token_bytes = max_token_bytes
 
     def mint(self, *, subject: str, role: str, room: str, ttl_s: int, now: float,
              key_id: str | None = None) -> str:
@@ -142,7 +143,7 @@ class TokenAuthority:
 
     def verify_untrusted(self, token: str, *, now: float) -> Claims:
         """Check a token from the network and return its claims, or raise TokenError."""
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES or not token.isascii():
+        if not isinstance(token, str) or len(token) > self._max_token_bytes or not token.isascii():
             raise TokenError("malformed", "token is not a compact JWT")
         parts = token.split(".")
         if len(parts) != 3:

@@ -43,8 +43,6 @@ MAX_CLOSE_REASON_BYTES = 1024
 # (draft-ietf-webtrans-http3, "Resetting Data Streams").
 _WT_FIRST = 0x52E4A40FA8DB
 _WT_LAST = 0x52E5AC983162
-# Bytes written to a stream but not yet acknowledged before send_all waits.
-SEND_HIGH_WATER_BYTES = 256 * 1024
 
 SessionHandler = Callable[["WebTransportSession"], Awaitable[None]]
 
@@ -98,7 +96,7 @@ class Capsule:
     value: bytes
 
 
-def decode_capsules_untrusted(buffer: bytearray, max_capsule_bytes: int = 65536) -> list[Capsule]:
+def decode_capsules_untrusted(buffer: bytearray, max_capsule_bytes: int) -> list[Capsule]:
     """Take every complete capsule off the front of ``buffer``.
 
     Incomplete trailing bytes stay in the buffer. Raises ValueError for a
@@ -194,13 +192,14 @@ class WebTransportSendStream(trio.abc.SendStream):
     """The sending half of a WebTransport stream.
 
     ``send_all`` hands bytes to QUIC at once and then waits while more than
-    SEND_HIGH_WATER_BYTES are unacknowledged, so a slow peer slows its writer
-    instead of growing memory.
+    ``high_water_bytes`` ([webtransport] send_high_water_bytes) are
+    unacknowledged, so a slow peer slows its writer instead of growing memory.
     """
 
-    def __init__(self, driver: "QuicConnectionDriver", stream_id: int) -> None:
+    def __init__(self, driver: "QuicConnectionDriver", stream_id: int, high_water_bytes: int) -> None:
         self._driver = driver
         self.stream_id = stream_id
+        self._high_water_bytes = high_water_bytes
         self._finished = False
         self._stop_code: int | None = None
 
@@ -229,7 +228,7 @@ class WebTransportSendStream(trio.abc.SendStream):
         await self.wait_send_all_might_not_block()
 
     async def wait_send_all_might_not_block(self) -> None:
-        while self._stop_code is None and self.backlog_bytes > SEND_HIGH_WATER_BYTES:
+        while self._stop_code is None and self.backlog_bytes > self._high_water_bytes:
             await self._driver.wait_progress()
         await trio.lowlevel.checkpoint()
 
@@ -290,7 +289,8 @@ class WebTransportSession:
     def __init__(self, driver: "QuicConnectionDriver", session_id: int, *, path: str,
                  query: Mapping[str, str], headers: Mapping[str, str], claims: Claims | None,
                  remote_address: tuple, accept_queue: int, datagram_queue: int,
-                 stream_buffer_bytes: int) -> None:
+                 stream_buffer_bytes: int, send_high_water_bytes: int,
+                 max_capsule_bytes: int) -> None:
         self._driver = driver
         self.session_id = session_id
         self.path = path
@@ -299,6 +299,8 @@ class WebTransportSession:
         self.claims = claims
         self.remote_address = remote_address
         self._stream_buffer_bytes = stream_buffer_bytes
+        self._send_high_water_bytes = send_high_water_bytes
+        self._max_capsule_bytes = max_capsule_bytes
         self._accept_send, self._accept_recv = trio.open_memory_channel[
             "WebTransportStream | WebTransportReceiveStream"](accept_queue)
         self._dgram_send, self._dgram_recv = trio.open_memory_channel[bytes](datagram_queue)
@@ -399,7 +401,7 @@ class WebTransportSession:
                   ) -> tuple[WebTransportSendStream | None, WebTransportReceiveStream | None]:
         send = receive = None
         if bidi or local:
-            send = WebTransportSendStream(self._driver, stream_id)
+            send = WebTransportSendStream(self._driver, stream_id, self._send_high_water_bytes)
             self._send_streams[stream_id] = send
         if bidi or not local:
             receive = WebTransportReceiveStream(self._driver, stream_id, self._stream_buffer_bytes)
@@ -458,7 +460,7 @@ class WebTransportSession:
         """Bytes on the CONNECT stream: capsules, of which we act on CLOSE."""
         self._capsule_buffer += data
         try:
-            capsules = decode_capsules_untrusted(self._capsule_buffer)
+            capsules = decode_capsules_untrusted(self._capsule_buffer, self._max_capsule_bytes)
         except ValueError as exc:
             self.close(0, f"malformed capsule: {exc}")
             return

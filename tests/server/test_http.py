@@ -23,31 +23,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from shopcast.server._config import HttpConfig, load_config
 from shopcast.server._http import serve_https
 from shopcast.server._metrics import CONTENT_TYPE, Registry
 from shopcast.server._routing import Request, Response, Router
 from shopcast.server._static import StaticFiles
 
 
-@dataclass(frozen=True)
-class HTTPConfig:
-    """The [http] section of conf/default.toml, with its defaults."""
-
-    max_connections: int = 2000
-    max_body_bytes: int = 1048576
-    max_header_bytes: int = 16384
-    max_header_fields: int = 100
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
-    keepalive_timeout_s: float = 60.0
-    cors_origins: tuple[str, ...] = ()
-    static_max_age_s: int = 3600
-    h2_max_concurrent_streams: int = 100
-    latency_buckets_s: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
-
-
 # Short enough to keep the suite fast, long enough for two shared CPU cores.
-FAST = HTTPConfig(
+FAST = replace(
+    load_config(environ={}).http,
     max_body_bytes=65536,
     max_header_bytes=4096,
     max_header_fields=20,
@@ -140,7 +125,7 @@ class Running:
         return tcp
 
 
-def make_router(registry: Registry, config: HTTPConfig, static_root: Path, running: dict) -> Router:
+def make_router(registry: Registry, config: HttpConfig, static_root: Path, running: dict) -> Router:
     router = Router(metrics=registry, latency_buckets_s=config.latency_buckets_s, cors_origins=config.cors_origins)
 
     async def healthz(request: Request) -> Response:
@@ -177,7 +162,7 @@ async def start_server(
     nursery: trio.Nursery,
     tmp_path: Path,
     certificate: Certificate,
-    config: HTTPConfig = FAST,
+    config: HttpConfig = FAST,
     addresses: tuple[str, ...] = ("127.0.0.1",),
     certificate_sha256: bool = True,
 ) -> Running:

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import trio
+from aioquic.buffer import encode_uint_var
 
 from shopcast.server._certs import CertificateStore
 from shopcast.server._client import CertificateMismatch, open_webtransport
@@ -13,10 +14,13 @@ from shopcast.server._config import load_config
 from shopcast.server._quic import QuicEndpoint, bind_udp_sockets
 from shopcast.server._tokens import ApiKey, TokenAuthority
 from shopcast.server._webtransport import (
+    CAPSULE_CLOSE_SESSION,
     SessionClosed,
     WebTransportReceiveStream,
     WebTransportSession,
     WebTransportStream,
+    decode_capsules_untrusted,
+    encode_close_capsule,
 )
 
 CONFIG = load_config(environ={})
@@ -210,3 +214,19 @@ async def test_a_failing_handler_closes_only_its_session(server):
         await stream.send_all(b"still here")
         await stream.send_eof()
         assert await read_all(stream) == b"still here"
+
+
+def test_capsules_in_every_chunk_size_and_oversized_ones_refused():
+    capsule = encode_close_capsule(7, "bye 👋")
+    drain = encode_uint_var(0x78AE) + encode_uint_var(0)
+    stream = capsule + drain + capsule  # a DRAIN capsule between two CLOSEs
+    for size in range(1, len(stream) + 1):
+        buffer, capsules = bytearray(), []
+        for start in range(0, len(stream), size):
+            buffer += memoryview(stream)[start:start + size]
+            capsules += decode_capsules_untrusted(buffer, 1024)
+        assert [c.type for c in capsules] == [CAPSULE_CLOSE_SESSION, 0x78AE, CAPSULE_CLOSE_SESSION]
+        assert capsules[0].value == (7).to_bytes(4, "big") + "bye 👋".encode()
+        assert buffer == b""
+    with pytest.raises(ValueError, match="exceeds 1024"):
+        decode_capsules_untrusted(bytearray(encode_uint_var(0x2843) + encode_uint_var(4095)), 1024)
