@@ -9,6 +9,7 @@ import hashlib
 import socket
 import ssl
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -18,7 +19,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives import serialization
 
 from shopcast.server._config import Config, load_config
-from shopcast.server._quic import H3Response, QuicEndpoint, UdpTransport
+from shopcast.server._quic import H3Response, QuicConnectionDriver, QuicEndpoint, UdpTransport
 from shopcast.server._webtransport import WebTransportSession
 
 __all__ = [
@@ -31,6 +32,56 @@ __all__ = [
 
 class CertificateMismatch(Exception):
     """The server's certificate does not have the pinned SHA-256."""
+
+
+@dataclass(frozen=True)
+class _Connected:
+    driver: QuicConnectionDriver
+    authority: str
+    """host:port as :authority."""
+    target: str
+    """Path and query as :path."""
+
+
+@asynccontextmanager
+async def _connect(url: str, *, verify: bool, config: Config | None) -> AsyncIterator[_Connected]:
+    """A client QUIC connection to ``url``'s host on its own UDP socket and
+    endpoint; closed, and its plumbing stopped, on exit. A single error from
+    inside is raised as itself, not wrapped in a group: the nursery only runs
+    our own plumbing, so such an error is the caller's (a refused session, a
+    wrong pin, or their own)."""
+    config = config or load_config(environ={})
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"expected an https:// URL, got {url!r}")
+    port = parts.port or 443
+    family, _, _, _, addr = (await trio.socket.getaddrinfo(
+        parts.hostname, port, type=socket.SOCK_DGRAM))[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+    sock.setblocking(False)
+    endpoint = QuicEndpoint(quic_config=config.quic, webtransport_config=config.webtransport,
+                            certificate=_no_certificate, tokens=None)  # type: ignore[arg-type]
+    endpoint.stop_accepting()
+    authority = f"{parts.hostname}:{port}" if ":" not in parts.hostname \
+        else f"[{parts.hostname}]:{port}"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(endpoint.serve, [sock])
+            driver = endpoint.connect(UdpTransport(sock), addr[:2] if family == socket.AF_INET else addr,
+                                      client_configuration(parts.hostname, config, verify=verify))
+            try:
+                yield _Connected(driver, authority, target)
+            finally:
+                driver.close("client done")
+                with trio.move_on_after(1):
+                    await driver.finished.wait()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+            raise group.exceptions[0] from None
+        raise
 
 
 @asynccontextmanager
@@ -47,75 +98,19 @@ async def open_webtransport(url: str, *, certificate_sha256: str | None = None,
     Raises SessionClosed if the server refuses the session (code = HTTP
     status, reason = response body) and CertificateMismatch on a wrong pin.
     """
-    config = config or load_config(environ={})
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValueError(f"expected an https:// URL, got {url!r}")
-    port = parts.port or 443
-    family, _, _, _, addr = (await trio.socket.getaddrinfo(
-        parts.hostname, port, type=socket.SOCK_DGRAM))[0]
-    configuration = client_configuration(parts.hostname, config,
-                                         verify=verify and certificate_sha256 is None)
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-    sock.setblocking(False)
-    endpoint = QuicEndpoint(quic_config=config.quic, webtransport_config=config.webtransport,
-                            certificate=_no_certificate, tokens=None)  # type: ignore[arg-type]
-    endpoint.stop_accepting()
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(endpoint.serve, [sock])
-            driver = endpoint.connect(UdpTransport(sock), addr[:2] if family == socket.AF_INET else addr,
-                                      configuration)
-            target = parts.path or "/"
-            if parts.query:
-                target += "?" + parts.query
-            authority = f"{parts.hostname}:{port}" if ":" not in parts.hostname \
-                else f"[{parts.hostname}]:{port}"
-            try:
-                session = await driver.connect_webtransport(authority, target)
-                if certificate_sha256 is not None:
-                    _check_pin(driver.quic, certificate_sha256)
-                yield session
-            finally:
-                driver.close("client done")
-                with trio.move_on_after(1):
-                    await driver.finished.wait()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The nursery only runs our own plumbing; a single error in it is
-        # the caller's error (refused session, wrong pin, or their own), so
-        # it is raised as itself rather than wrapped.
-        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
-            raise group.exceptions[0] from None
-        raise
+    async with _connect(url, verify=verify and certificate_sha256 is None, config=config) as c:
+        session = await c.driver.connect_webtransport(c.authority, c.target)
+        if certificate_sha256 is not None:
+            _check_pin(c.driver.quic, certificate_sha256)
+        yield session
 
 
 async def http3_request(url: str, method: str = "GET", *, headers: list[tuple[str, str]] = (),
                         body: bytes = b"", verify: bool = True,
                         config: Config | None = None) -> H3Response:
     """One HTTP/3 request to ``url`` on a fresh connection (tests and tools)."""
-    config = config or load_config(environ={})
-    parts = urlsplit(url)
-    port = parts.port or 443
-    family, _, _, _, addr = (await trio.socket.getaddrinfo(
-        parts.hostname, port, type=socket.SOCK_DGRAM))[0]
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-    sock.setblocking(False)
-    endpoint = QuicEndpoint(quic_config=config.quic, webtransport_config=config.webtransport,
-                            certificate=_no_certificate, tokens=None)  # type: ignore[arg-type]
-    endpoint.stop_accepting()
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(endpoint.serve, [sock])
-        driver = endpoint.connect(UdpTransport(sock), addr[:2] if family == socket.AF_INET else addr,
-                                  client_configuration(parts.hostname, config, verify=verify))
-        try:
-            return await driver.request(f"{parts.hostname}:{port}", method, target, list(headers), body)
-        finally:
-            driver.close("client done")
-            nursery.cancel_scope.cancel()
+    async with _connect(url, verify=verify, config=config) as c:
+        return await c.driver.request(c.authority, method, c.target, list(headers), body)
 
 
 def client_configuration(server_name: str, config: Config, *, verify: bool) -> QuicConfiguration:

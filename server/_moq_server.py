@@ -600,16 +600,6 @@ class MoqConnection:
 class _NoServer:
     """A client connection's stand-in for the MoqServer: nobody counts viewers."""
 
-    def disconnect_viewers(self, broadcast: Broadcast, code: int, reason: str) -> int:
-        """Close the session of everyone watching ``broadcast`` (an emergency
-        shutdown); returns how many."""
-        closed = 0
-        for connection in broadcast.viewers.sessions():
-            if isinstance(connection, MoqConnection):
-                connection.session.close(code, reason)
-                closed += 1
-        return closed
-
     def on_viewer(self, broadcast: Broadcast, joined: bool, identity: str) -> None:
         pass
 

@@ -18,6 +18,7 @@ call them from ``trio.to_thread.run_sync``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -25,6 +26,7 @@ import re
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,35 +151,45 @@ class StreamKeyStore:
 
     # --- operations -------------------------------------------------------------------------
 
-    def get_or_create(self, room_id: str, *, owner: str = "operator") -> StreamKey:
-        """The room's key, made (with the room's record, owned by ``owner``)
-        when it has none."""
-        if not valid_room_id(room_id):
-            raise ValueError(f"invalid room id {room_id!r}")
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE: one writer at a time, across
+        processes too), committed on success and rolled back on any error."""
         db = self._connect()
         try:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT owner, key_salt, created_at, rotated_at FROM stream_keys "
-                             "WHERE room_id = ?", (room_id,)).fetchone()
-            if row is not None:
-                db.execute("COMMIT")
-                owner_, salt, created_at, rotated_at = row
-                return StreamKey(room_id, owner_, self._derive(room_id, salt), created_at,
-                                 rotated_at, created=False)
-            salt = secrets.token_bytes(SALT_BYTES)
-            key = self._derive(room_id, salt)
-            now = time.time()
-            db.execute("INSERT INTO stream_keys (room_id, owner, key_salt, key_sha256, created_at, "
-                       "rotated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                       (room_id, owner, salt, _sha256(key), now, now))
+            yield db
             db.execute("COMMIT")
-            return StreamKey(room_id, owner, key, now, now, created=True)
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
         finally:
             db.close()
+
+    def _insert(self, db: sqlite3.Connection, room_id: str, owner: str, salt: bytes,
+                key: str, now: float) -> None:
+        db.execute("INSERT INTO stream_keys (room_id, owner, key_salt, key_sha256, created_at, "
+                   "rotated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                   (room_id, owner, salt, _sha256(key), now, now))
+
+    def get_or_create(self, room_id: str, *, owner: str = "operator") -> StreamKey:
+        """The room's key, made (with the room's record, owned by ``owner``)
+        when it has none."""
+        if not valid_room_id(room_id):
+            raise ValueError(f"invalid room id {room_id!r}")
+        with self._transaction() as db:
+            row = db.execute("SELECT owner, key_salt, created_at, rotated_at FROM stream_keys "
+                             "WHERE room_id = ?", (room_id,)).fetchone()
+            if row is not None:
+                owner_, salt, created_at, rotated_at = row
+                return StreamKey(room_id, owner_, self._derive(room_id, salt), created_at,
+                                 rotated_at, created=False)
+            salt = secrets.token_bytes(SALT_BYTES)
+            key = self._derive(room_id, salt)
+            now = time.time()
+            self._insert(db, room_id, owner, salt, key, now)
+            return StreamKey(room_id, owner, key, now, now, created=True)
 
     def rotate(self, room_id: str, *, owner: str = "operator") -> StreamKey:
         """Replace the room's key (making one if it has none); the old key
@@ -187,28 +199,16 @@ class StreamKeyStore:
         salt = secrets.token_bytes(SALT_BYTES)
         key = self._derive(room_id, salt)
         now = time.time()
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             row = db.execute("SELECT owner, created_at FROM stream_keys WHERE room_id = ?",
                              (room_id,)).fetchone()
             if row is None:
-                db.execute("INSERT INTO stream_keys (room_id, owner, key_salt, key_sha256, "
-                           "created_at, rotated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                           (room_id, owner, salt, _sha256(key), now, now))
-                owner_, created_at, created = owner, now, True
-            else:
-                db.execute("UPDATE stream_keys SET key_salt = ?, key_sha256 = ?, rotated_at = ? "
-                           "WHERE room_id = ?", (salt, _sha256(key), now, room_id))
-                (owner_, created_at), created = row, False
-            db.execute("COMMIT")
-            return StreamKey(room_id, owner_, key, created_at, now, created=created)
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
+                self._insert(db, room_id, owner, salt, key, now)
+                return StreamKey(room_id, owner, key, now, now, created=True)
+            db.execute("UPDATE stream_keys SET key_salt = ?, key_sha256 = ?, rotated_at = ? "
+                       "WHERE room_id = ?", (salt, _sha256(key), now, room_id))
+            owner_, created_at = row
+            return StreamKey(room_id, owner_, key, created_at, now, created=False)
 
     def lookup_untrusted(self, key: str) -> KeyOwner | None:
         """The room whose current key is ``key`` (as a publisher presented
