@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
         records += _rtmp_latency.run(arguments.quick, progress=sys.stderr, config=arguments.config)
     if "chat" in suites:
         from shopcast.bench import _chat
-        records += _chat.run(arguments.quick, progress=sys.stderr)
+        records += _chat.run(arguments.quick, progress=sys.stderr, config=arguments.config)
     print(format_table(records))
     if arguments.json:
         with open(arguments.json, "w", encoding="utf-8") as output:
