@@ -25,7 +25,7 @@ from shopcast.server._static import STATIC_DIR, StaticFiles
 if TYPE_CHECKING:
     from shopcast.server._app import ServerApp
 
-__all__ = ["PAGES", "build_player_bundle", "register_pages"]
+__all__ = ["PAGES", "build_player_bundle", "documented_routes", "register_pages"]
 
 #: (route pattern, page module, route name). Path parameters reach the module through
 #: ``location.pathname``.
@@ -104,6 +104,30 @@ def register_pages(app: "ServerApp") -> None:
                               "expires_in": ttl_s})
 
     router.add("POST", "/api/v1/demo/media-token", demo_token, "demo_media_token")
+
+
+def documented_routes() -> list[tuple[str, str, str, str, str, tuple[str, ...], dict]]:
+    """(method, pattern, name, summary, content type, roles, responses) of every route
+    ``register_pages`` adds, for the OpenAPI document (plugins/_openapi.py)."""
+    everyone = ("anonymous", "viewer", "host", "operator", "service")
+    error = {"$ref": "#/components/schemas/Error"}
+    html_page = {200: ("The page: an HTML shell that loads its ES module.", {"type": "string"})}
+    routes = [("GET", pattern, name, f"The {page} page (HTML).", "text/html", everyone, html_page)
+              for pattern, page, name in PAGES]
+    routes.append(("GET", "/static/{path}", "static", "The pages' files (server/static/).",
+                   "application/octet-stream", everyone,
+                   {200: ("The file.", {"type": "string"}), 304: ("Not modified.", None),
+                    404: ("No such file.", error)}))
+    routes.append(("POST", "/api/v1/demo/media-token", "demo_media_token",
+                   "A viewer token for the demo room's chat, for a logged-in account.",
+                   "application/json", ("viewer", "host", "operator", "service"),
+                   {200: ("A media token.", {"type": "object", "required": ["token", "broadcast", "expires_in"],
+                                             "properties": {"token": {"type": "string"},
+                                                            "broadcast": {"type": "string"},
+                                                            "expires_in": {"type": "integer"}}}),
+                    401: ("No token, or an invalid one.", error),
+                    404: ("The demo room is off.", error)}))
+    return routes
 
 
 def build_player_bundle(web_packages: Path, out_file: Path) -> None:

@@ -295,7 +295,7 @@ function onChatAnswer(answer) {
   if (answer.type === "history") for (const m of answer.messages) addMessage(m);
   else if (answer.type === "notice") {
     hook.notices.push(answer);
-    chatNotice.textContent = answer.code === "muted" ? `${t("muted_notice")}: ${answer.message}` : answer.message;
+    chatNotice.textContent = answer.code === "muted" ? `${t("muted_notice")} (${Math.ceil(answer.retry_after_s || 0)} s)` : answer.message;
     chatNotice.className = "chat-notice error";
   } else if (answer.type === "held") chatNotice.textContent = t("held");
   else if (answer.type === "ok") { chatNotice.textContent = ""; chatNotice.className = "chat-notice"; }

@@ -6,7 +6,7 @@ const main = frame("register");
 const terms = await api("GET", "/api/v1/terms");
 const field = (id, label, attrs = {}) => [el("label", { for: id }, t(label)), el("input", { id, name: id, ...attrs })];
 const role = el("select", { id: "role", name: "role" },
-  el("option", { value: "viewer" }, t("viewer_role")), el("option", { value: "host" }, t("host_role")),
+  el("option", { value: "audience" }, t("viewer_role")), el("option", { value: "host" }, t("host_role")),
   el("option", { value: "marketer" }, t("marketer_role")));
 const accept = el("input", { id: "accept_terms", name: "accept_terms", type: "checkbox", required: true });
 const status = el("p", { role: "status", id: "status" });

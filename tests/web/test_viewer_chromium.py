@@ -1,0 +1,244 @@
+"""The viewer pages in headless Chromium, served by the server itself (a real origin): the live
+room plays the demo room (frames decoded, canvas pixels change), registration and login work,
+two browsers chat with emoji, both see the view count change when a third joins, a moderator's
+mute takes effect at once, and a page without WebTransport says so. Screenshots of every page
+go to test-artifacts/web/.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+pytestmark = pytest.mark.e2e
+
+PLAY_TIMEOUT_MS = 25_000
+"""From page load to decoded, drawn frames."""
+CHAT_TIMEOUT_MS = 10_000
+"""For a chat message, a view count or a mute to reach another browser."""
+CHANGE_FRAMES = 30
+"""Frames the page must decode between the two canvas samples that must differ."""
+
+# The canvas the player draws on: a summary of its pixels (the element draws with a 2d
+# context, so getContext("2d") is the very context it uses).
+CANVAS_SAMPLE = """() => {
+  const canvas = document.querySelector("moq-watch canvas");
+  if (!canvas || !canvas.width || !canvas.height) return null;
+  const {data} = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+  let hash = 0x811c9dc5, lit = 0;
+  const colours = new Set();
+  for (let i = 0; i < data.length; i += 4) {
+    hash = Math.imul(hash ^ data[i], 16777619); hash = Math.imul(hash ^ data[i + 1], 16777619);
+    hash = Math.imul(hash ^ data[i + 2], 16777619);
+    if ((data[i] * 299 + data[i + 1] * 587 + data[i + 2] * 114) / 1000 > 16) lit++;
+    if (colours.size < 4096) colours.add((data[i] >> 4) << 8 | (data[i + 1] >> 4) << 4 | (data[i + 2] >> 4));
+  }
+  return {hash: (hash >>> 0).toString(16), litFraction: lit / (data.length / 4), colours: colours.size,
+          width: canvas.width, height: canvas.height, stats: window.shopcast.stats()};
+}"""
+
+
+async def _new_page(browser, base: str, log: list[str], **context_options):
+    context = await browser.new_context(ignore_https_errors=True, base_url=base, **context_options)
+    page = await context.new_page()
+    page.on("console", lambda m: log.append(f"console.{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: log.append(f"pageerror: {e}"))
+    return context, page
+
+
+def _tail(log: list[str]) -> str:
+    return "\n".join(log[-40:])
+
+
+async def test_live_page_plays_the_demo_room(web_server, run_browser, artifacts):
+    base = f"https://127.0.0.1:{web_server.port}"
+
+    async def scenario(browser):
+        log: list[str] = []
+        context, page = await _new_page(browser, base, log, viewport={"width": 1280, "height": 720})
+        await page.goto("/live/demo")
+        await page.wait_for_function("() => window.shopcast && window.shopcast.stats && "
+                                     "window.shopcast.stats().framesDecoded > 0", timeout=PLAY_TIMEOUT_MS)
+        await page.wait_for_function(f"() => {{ const s = ({CANVAS_SAMPLE})(); return s && s.litFraction > 0.25; }}",
+                                     timeout=PLAY_TIMEOUT_MS)
+        first = await page.evaluate(CANVAS_SAMPLE)
+        target = first["stats"]["framesDecoded"] + CHANGE_FRAMES
+        await page.wait_for_function(f"() => window.shopcast.stats().framesDecoded >= {target}",
+                                     timeout=PLAY_TIMEOUT_MS)
+        later = await page.evaluate(CANVAS_SAMPLE)
+        await page.wait_for_function("() => /1/.test(document.getElementById('viewer-count').textContent)",
+                                     timeout=CHAT_TIMEOUT_MS)
+        unmute_label = await page.get_by_role("button", name="Unmute").count()
+        await page.screenshot(path=str(artifacts / "live-landscape.png"))
+        # Portrait: the side panel goes under the video.
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await page.wait_for_function("() => { const s = document.querySelector('.stage').getBoundingClientRect();"
+                                     " const c = document.querySelector('.side').getBoundingClientRect();"
+                                     " return c.top >= s.bottom - 1; }", timeout=5000)
+        await page.screenshot(path=str(artifacts / "live-portrait.png"), full_page=True)
+        await context.close()
+        return first, later, unmute_label, log
+
+    first, later, unmute_label, log = await run_browser(scenario)
+    print(f"first {first}\nlater {later}")
+    assert (first["width"], first["height"]) == (640, 360), _tail(log)
+    assert later["colours"] >= 16 and later["litFraction"] > 0.25, _tail(log)
+    assert later["hash"] != first["hash"], f"canvas did not change over {CHANGE_FRAMES} frames\n{_tail(log)}"
+    assert later["stats"]["frameTimestampMs"] > first["stats"]["frameTimestampMs"]
+    assert unmute_label == 1, "muted autoplay shows an Unmute button"
+
+
+async def test_registration_chat_view_counts_and_mute_between_browsers(web_server, run_browser, artifacts):
+    """Issue #8's done-when, in real browsers: chat with emoji from one context to another,
+    the view count changes in both when a third joins, a moderator's mute takes effect at once."""
+    from shopcast.client import connect_chat
+
+    app = web_server.app
+    base = f"https://127.0.0.1:{web_server.port}"
+    operator_token = app.tokens.mint(subject="moderator-op", role="operator", room="*", ttl_s=600,
+                                     now=time.time())
+
+    async def mute(account_id: str) -> dict:
+        async with connect_chat(base, "demo", operator_token,
+                                certificate_sha256=app.certificate.sha256_hex) as moderator:
+            return await moderator.request(type="mute", account=account_id, seconds=120)
+
+    async def register_and_login(page, name: str) -> None:
+        await page.goto("/register")
+        await page.get_by_label("Account name").fill(name)
+        await page.get_by_label("Password").fill("password-" + name)
+        await page.get_by_label("Display name").fill(name.capitalize())
+        await page.get_by_label("I accept the terms of service").check()
+        await page.get_by_role("button", name="Create account").click()
+        await page.wait_for_function("() => /Account created/.test(document.getElementById('status').textContent)",
+                                     timeout=CHAT_TIMEOUT_MS)
+        await page.goto("/login?next=/live/demo")
+        await page.get_by_label("Account name").fill(name)
+        await page.get_by_label("Password").fill("password-" + name)
+        await page.get_by_role("button", name="Log in").click()
+        await page.wait_for_url("**/live/demo", timeout=CHAT_TIMEOUT_MS)
+        await page.wait_for_function("() => window.shopcast && window.shopcast.chatOpen", timeout=PLAY_TIMEOUT_MS)
+
+    async def viewers(page) -> int | None:
+        return await page.evaluate("() => window.shopcast.viewers && window.shopcast.viewers.concurrent")
+
+    async def scenario(browser):
+        log: list[str] = []
+        ctx_a, alice = await _new_page(browser, base, log)
+        ctx_b, bob = await _new_page(browser, base, log)
+        await alice.goto("/register")
+        await alice.screenshot(path=str(artifacts / "register.png"))
+        await register_and_login(alice, "alice")
+        await register_and_login(bob, "bob")
+        # Both watch: two viewers, seen by both.
+        for page in (alice, bob):
+            await page.wait_for_function("() => window.shopcast.viewers && window.shopcast.viewers.concurrent === 2",
+                                         timeout=PLAY_TIMEOUT_MS)
+        # Alice writes with the emoji picker; Bob reads it.
+        await alice.get_by_label("Message").fill("hello from Alice ")
+        await alice.get_by_role("button", name="Pick an emoji").click()
+        await alice.get_by_role("button", name="Emoji 🎉").click()
+        await alice.get_by_role("button", name="Send").click()
+        await bob.wait_for_function("() => window.shopcast.chatMessages.some(m => m.text === 'hello from Alice 🎉')",
+                                    timeout=CHAT_TIMEOUT_MS)
+        author = await bob.evaluate("() => window.shopcast.chatMessages.find(m => m.text === 'hello from Alice 🎉').name")
+        await bob.get_by_label("Message").fill("hi Alice 👋")
+        await bob.get_by_label("Message").press("Enter")
+        await alice.wait_for_function("() => window.shopcast.chatMessages.some(m => m.text === 'hi Alice 👋')",
+                                      timeout=CHAT_TIMEOUT_MS)
+        await alice.get_by_role("button", name="Heart").click()
+        await bob.wait_for_function("() => Number(document.getElementById('reaction-count-heart').textContent) >= 1",
+                                    timeout=CHAT_TIMEOUT_MS)
+        # A third viewer joins: both see the count go to 3.
+        ctx_c, carol = await _new_page(browser, base, log)
+        await carol.goto("/live/demo")
+        for page in (alice, bob):
+            await page.wait_for_function("() => window.shopcast.viewers && window.shopcast.viewers.concurrent === 3",
+                                         timeout=CHAT_TIMEOUT_MS)
+        counts = [await viewers(alice), await viewers(bob)]
+        await alice.screenshot(path=str(artifacts / "live-chat.png"))
+        # The moderator mutes Bob: his message leaves both screens, his next one is refused.
+        bob_id = await bob.evaluate("() => JSON.parse(localStorage.getItem('shopcast.account')).id")
+        answer = trio.from_thread.run(mute, bob_id)
+        for page in (alice, bob):
+            await page.wait_for_function(
+                "() => !window.shopcast.chatMessages.some(m => m.text === 'hi Alice 👋') && "
+                "!document.querySelector('#chat-log').textContent.includes('hi Alice')", timeout=CHAT_TIMEOUT_MS)
+        await bob.get_by_label("Message").fill("am I muted?")
+        await bob.get_by_role("button", name="Send").click()
+        await bob.wait_for_function("() => window.shopcast.notices.some(n => n.code === 'muted')", timeout=CHAT_TIMEOUT_MS)
+        notice = await bob.locator("#chat-notice").text_content()
+        alice_still_sees_own = await alice.evaluate(
+            "() => window.shopcast.chatMessages.some(m => m.text === 'hello from Alice 🎉')")
+        await bob.screenshot(path=str(artifacts / "live-muted.png"))
+        for context in (ctx_a, ctx_b, ctx_c):
+            await context.close()
+        return counts, answer, notice, alice_still_sees_own, author, log
+
+    counts, answer, notice, alice_still_sees_own, author, log = await run_browser(scenario)
+    assert author == "Alice", "chat shows the account's display name"
+    assert counts == [3, 3], _tail(log)
+    assert answer["type"] == "ok", answer
+    assert "muted" in notice.lower(), notice
+    assert alice_still_sees_own, "muting Bob removed only Bob's messages"
+
+
+async def test_every_page_renders_in_both_languages(web_server, web_api, run_browser, artifacts):
+    base = f"https://127.0.0.1:{web_server.port}"
+    token = await web_api.user("pagebuyer", "audience")
+    account = (await web_api.call("GET", "/api/v1/me", token=token)).body
+    pages = ["/", "/upcoming", "/search?q=shoes", "/login", "/register", "/profile", "/orders",
+             "/orders/o-none", "/rooms/demo/stats", "/embed/demo", "/replay/demo"]
+
+    async def scenario(browser):
+        log: list[str] = []
+        found = {}
+        for lang in ("en", "zh"):
+            context, page = await _new_page(browser, base, log, viewport={"width": 1100, "height": 800})
+            await page.goto("/")
+            await page.evaluate("([lang, token, account]) => { localStorage.setItem('shopcast.lang', lang);"
+                                " localStorage.setItem('shopcast.token', token);"
+                                " localStorage.setItem('shopcast.account', JSON.stringify(account)); }",
+                                [lang, token, account])
+            for path in pages:
+                await page.goto(path)
+                await page.wait_for_selector("main", timeout=CHAT_TIMEOUT_MS)
+                await page.wait_for_load_state("networkidle", timeout=CHAT_TIMEOUT_MS)
+                name = path.strip("/").replace("/", "-").replace("?", "-").replace("=", "-") or "home"
+                await page.screenshot(path=str(artifacts / f"page-{name}-{lang}.png"), full_page=True)
+                found[(lang, path)] = {
+                    "lang": await page.evaluate("() => document.documentElement.lang"),
+                    "text": await page.locator("body").inner_text(),
+                    "unlabelled": await page.evaluate(
+                        "() => [...document.querySelectorAll('input, select, button')].filter(e =>"
+                        " !e.closest('moq-watch') && e.type !== 'hidden' && !(e.labels && e.labels.length) &&"
+                        " !e.getAttribute('aria-label') && !e.textContent.trim()).map(e => e.outerHTML)")}
+            await context.close()
+        return found, log
+
+    found, log = await run_browser(scenario)
+    for (lang, path), page in found.items():
+        assert page["lang"] == ("zh-CN" if lang == "zh" else "en"), (lang, path)
+        assert not page["unlabelled"], f"{path}: controls without a label: {page['unlabelled']}"
+    assert "Live now" in found[("en", "/")]["text"] and "正在直播" in found[("zh", "/")]["text"]
+    assert "pagebuyer" in found[("en", "/profile")]["text"]
+    assert "我的订单" in found[("zh", "/orders")]["text"]
+
+
+async def test_a_browser_without_webtransport_is_told_so(web_server, run_browser, artifacts):
+    base = f"https://127.0.0.1:{web_server.port}"
+
+    async def scenario(browser):
+        log: list[str] = []
+        context, page = await _new_page(browser, base, log)
+        await context.add_init_script("delete window.WebTransport;")
+        await page.goto("/live/demo")
+        await page.wait_for_function("() => window.shopcast && window.shopcast.noWebTransport", timeout=CHAT_TIMEOUT_MS)
+        text = await page.locator(".status").text_content()
+        await page.screenshot(path=str(artifacts / "live-no-webtransport.png"))
+        await context.close()
+        return text
+
+    assert "no WebTransport" in await run_browser(scenario)
