@@ -196,7 +196,7 @@ function renderCards() {
     const price = sale ? sale.price_minor : product.price_minor;
     const stock = sale ? Math.max(0, sale.stock_cap - sale.sold) : product.stock;
     const card = el("article", { class: "product-card", dataset: { pin: pin.id }, "aria-label": product.title },
-      product.images && product.images[0] ? el("img", { src: product.images[0], alt: product.title || "" }) : null,
+      el("img", { src: product.images && product.images[0] ? product.images[0] : "/static/img/product.svg", alt: product.title || "" }),
       el("div", {},
         el("h3", {}, product.title),
         sale ? el("p", { class: "flash" }, "⚡ ", t("flash_sale"), " ", el("span", { class: "countdown", dataset: { pin: pin.id } }, countdown(pin))) : null,
@@ -230,7 +230,10 @@ function openCheckout(pin) {
   if (!token()) { location.href = `/login?next=${encodeURIComponent(location.pathname)}`; return; }
   const product = pin.product || {};
   const skus = product.skus || [];
-  const sku = el("select", { id: "checkout-sku", name: "sku" }, ...skus.map((s) => el("option", { value: s.id, disabled: s.stock <= 0 }, `${s.name} · ${money(s.price_minor, product.currency)}`)));
+  const saleSku = pin.flash_sale && pin.flash_sale.sku_id;
+  const sku = el("select", { id: "checkout-sku", name: "sku" }, ...skus.map((s) => el("option",
+    { value: s.id, disabled: s.stock <= 0 || (saleSku && s.id !== saleSku), selected: s.id === saleSku },
+    `${s.name} · ${money(s.id === saleSku ? pin.flash_sale.price_minor : s.price_minor, s.currency || product.currency)}`)));
   const quantity = el("input", { id: "checkout-quantity", name: "quantity", type: "number", min: "1", max: String(pin.flash_sale?.per_buyer_limit || 99), value: "1" });
   const error = el("p", { role: "alert", class: "error" });
   const form = el("form", { method: "dialog" },
