@@ -31,6 +31,12 @@ async def web_server(server_factory):
 
 
 @pytest.fixture
+def web_config() -> dict:
+    """The config overrides of ``web_server``, for tests that start their own."""
+    return {section: dict(values) for section, values in WEB_CONFIG.items()}
+
+
+@pytest.fixture
 def web_api(web_server):
     """An ApiClient on ``web_server``."""
     client = ApiClient(web_server)

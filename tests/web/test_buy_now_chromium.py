@@ -36,9 +36,13 @@ def _commerce_in_tree() -> bool:
                     reason="the commerce pins and payment routes (CONTRACTS.md) are not in this tree "
                            "yet; this test runs once the commerce branch is merged")
 async def test_pinned_card_appears_and_buy_now_pays_with_a_test_card(
-        web_server, web_api, run_browser, artifacts, nursery):
+        server_factory, web_config, make_client, run_browser, artifacts, nursery):
     from shopcast.client import connect
 
+    # The server's public name is the page's origin, so the payment page returns the buyer to
+    # an order page that has the login token (localStorage is per origin).
+    web_server = await server_factory({**web_config, "server": {"public_names": ["127.0.0.1"]}})
+    web_api = make_client(web_server)
     app = web_server.app
     routes = {(m, p) for m, p, _ in app.router.route_table()}
     assert ("POST", "/api/v1/rooms/{room_id}/pins") in routes
@@ -53,7 +57,7 @@ async def test_pinned_card_appears_and_buy_now_pays_with_a_test_card(
     assert product.status == 201, product.body
     room = await web_api.call("POST", "/api/v1/rooms", {
         "title": "Sneakers live", "scheduled_start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600)),
-        "duration_s": 1800, "keywords": ["sneakers"], "hashtags": ["#shoes"], "cover_image_url": "",
+        "duration_s": 1800, "keywords": ["sneakers"], "hashtags": ["#shoes"], "cover_image_url": f"{base}/static/img/product.svg",
         "description": "Trail shoes.", "orientation": "landscape", "language": "en", "region": "ES",
         "target_regions": [], "team": []}, token=host)
     assert room.status == 201, room.body

@@ -11,11 +11,17 @@ async function show() {
   const order = await apiOptional("GET", `/api/v1/orders/${encodeURIComponent(orderId)}`).catch((e) => ({ error: e.message }));
   if (order === null) { box.replaceChildren(el("p", {}, t("orders_unavailable"))); return null; }
   if (order.error) { box.replaceChildren(el("p", { class: "error" }, order.error)); return null; }
+  const row = (label, value, attrs = {}) => value === null || value === undefined || value === ""
+    ? [] : [el("dt", {}, t(label)), el("dd", attrs, String(value))];
   box.replaceChildren(el("dl", {},
-    el("dt", {}, t("status")), el("dd", { id: "order-status", dataset: { status: order.status } }, t(order.status)),
-    el("dt", {}, t("total")), el("dd", {}, money(order.total_minor, order.currency)),
-    order.hold_expires_at ? [el("dt", {}, t("hold_expires")), el("dd", {}, when(order.hold_expires_at))] : null),
-    (order.items || order.lines || []).length ? el("pre", {}, JSON.stringify(order.items || order.lines, null, 2)) : null);
+    row("status", t(order.status), { id: "order-status", dataset: { status: order.status } }),
+    row("quantity", order.quantity),
+    row("total", money(order.total_minor, order.currency)),
+    row("created", when(order.created_at)),
+    order.status === "pending" ? row("hold_expires", when(order.hold_expires_at)) : [],
+    row("paid_at", when(order.paid_at)),
+    row("tracking", order.tracking_number ? `${order.carrier || ""} ${order.tracking_number}` : null)),
+    order.room_id ? el("p", {}, el("a", { href: `/live/${encodeURIComponent(order.room_id)}` }, t("back_to_room"))) : "");
   return order;
 }
 if (!token()) main.append(el("p", {}, t("not_logged_in"), " ", el("a", { href: `/login?next=${encodeURIComponent(location.pathname)}` }, t("login"))));
