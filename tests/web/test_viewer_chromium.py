@@ -136,13 +136,19 @@ async def test_registration_chat_view_counts_and_mute_between_browsers(web_serve
         for page in (alice, bob):
             await page.wait_for_function("() => window.shopcast.viewers && window.shopcast.viewers.concurrent === 2",
                                          timeout=PLAY_TIMEOUT_MS)
-        # Alice writes with the emoji picker; Bob reads it.
+        # Alice writes with the emoji picker, by keyboard only; Bob reads it.
         await alice.get_by_label("Message").fill("hello from Alice ")
-        await alice.get_by_role("button", name="Pick an emoji").click()
-        await alice.get_by_role("button", name="Emoji 🎉").click()
-        await alice.get_by_role("button", name="Send").click()
+        await alice.keyboard.press("Shift+Tab")            # the emoji button, before the input
+        await alice.keyboard.press("Enter")                # opens the picker on its first emoji
+        for _ in range(3):
+            await alice.keyboard.press("ArrowRight")
+        await alice.keyboard.press("ArrowDown")            # row 2, column 4: the 12th emoji, 🎉
+        picked = await alice.evaluate("() => document.activeElement.textContent")
+        await alice.keyboard.press("Enter")                # inserted; focus back in the input
+        await alice.keyboard.press("Enter")                # sends
         await bob.wait_for_function("() => window.shopcast.chatMessages.some(m => m.text === 'hello from Alice 🎉')",
                                     timeout=CHAT_TIMEOUT_MS)
+        assert picked == "🎉", picked
         author = await bob.evaluate("() => window.shopcast.chatMessages.find(m => m.text === 'hello from Alice 🎉').name")
         await bob.get_by_label("Message").fill("hi Alice 👋")
         await bob.get_by_label("Message").press("Enter")
@@ -242,3 +248,38 @@ async def test_a_browser_without_webtransport_is_told_so(web_server, run_browser
         return text
 
     assert "no WebTransport" in await run_browser(scenario)
+
+
+async def test_the_embed_element_plays_the_room_on_another_site(web_server, run_browser, directory_server,
+                                                                  tmp_path, artifacts):
+    """A platform's page on another origin loads /static/embed.js (a classic script, no CORS
+    needed) and puts <shopcast-live room="demo"> on it: the room plays inside."""
+    base = f"https://127.0.0.1:{web_server.port}"
+    (tmp_path / "shop.html").write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>A shop</title></head><body>"
+        "<h1>Our shop</h1>"
+        f"<script src='{base}/static/embed.js'></script>"
+        "<shopcast-live room='demo' style='display:block;width:420px;height:760px'></shopcast-live>"
+        "</body></html>", encoding="utf-8")
+
+    async def scenario(browser):
+        log: list[str] = []
+        with directory_server(tmp_path) as shop_url:
+            context, page = await _new_page(browser, base, log, viewport={"width": 500, "height": 800})
+            await page.goto(f"{shop_url}shop.html")
+            handle = await page.wait_for_selector("shopcast-live iframe", timeout=CHAT_TIMEOUT_MS)
+            frame = await handle.content_frame()
+            try:
+                await frame.wait_for_function("() => window.shopcast && window.shopcast.stats && "
+                                              "window.shopcast.stats().framesDecoded > 10", timeout=PLAY_TIMEOUT_MS)
+            except Exception as exc:
+                raise AssertionError(f"the embedded room did not play\n{_tail(log)}") from exc
+            header = await frame.evaluate("() => document.querySelector('header') === null")
+            src = await handle.get_attribute("src")
+            await page.screenshot(path=str(artifacts / "embed-on-another-site.png"))
+            await context.close()
+        return header, src, log
+
+    no_header, src, log = await run_browser(scenario)
+    assert src == f"{base}/embed/demo"
+    assert no_header, "the embedded form has no site header"

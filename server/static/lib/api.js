@@ -1,20 +1,21 @@
 // What every page shares: the server's settings, the JSON API with the login token, a DOM
 // helper, the page header (navigation and the language switch) and formatting.
+import { storage } from "./storage.js";
 import { LANGUAGES, currentLanguage, setLanguage, t } from "./i18n.js";
 
 export const settings = JSON.parse(document.body.dataset.settings || "{}");
 
-export function token() { return localStorage.getItem("shopcast.token"); }
+export function token() { return storage.getItem("shopcast.token"); }
 export function account() {
-  try { return JSON.parse(localStorage.getItem("shopcast.account") || "null"); } catch { return null; }
+  try { return JSON.parse(storage.getItem("shopcast.account") || "null"); } catch { return null; }
 }
 export function saveSession(session) {
-  localStorage.setItem("shopcast.token", session.access_token);
-  localStorage.setItem("shopcast.account", JSON.stringify(session.account));
+  storage.setItem("shopcast.token", session.access_token);
+  storage.setItem("shopcast.account", JSON.stringify(session.account));
 }
 export function clearSession() {
-  localStorage.removeItem("shopcast.token");
-  localStorage.removeItem("shopcast.account");
+  storage.removeItem("shopcast.token");
+  storage.removeItem("shopcast.account");
 }
 
 /** An API error: the HTTP status and the server's JSON error (code, message, field). */
@@ -50,8 +51,16 @@ export async function apiOptional(method, path, body, headers) {
   }
 }
 
+/** A random id for this browser, so that statistics count an anonymous viewer once. */
+export function viewerId() {
+  let id = storage.getItem("shopcast.viewer");
+  if (!id) { id = crypto.randomUUID(); storage.setItem("shopcast.viewer", id); }
+  return id;
+}
+
 /** Record a room event (impression, click, share, arrival); quiet when unsupported. */
 export function roomEvent(roomId, event) {
+  if (!token()) event = { ...event, viewer: viewerId() };
   fetch(`/api/v1/rooms/${encodeURIComponent(roomId)}/events`, {
     method: "POST", headers: { "content-type": "application/json", ...(token() ? { authorization: `Bearer ${token()}` } : {}) },
     body: JSON.stringify(event), keepalive: true,

@@ -1,6 +1,8 @@
 // English and Chinese text for every page. The language is the one chosen with the switch
 // (kept in localStorage["shopcast.lang"]), else the browser's first language.
 
+import { storage } from "./storage.js";
+
 const TEXT = {
   en: {
     brand: "shopcast", home: "Home", upcoming: "Upcoming", search: "Search", login: "Log in",
@@ -32,7 +34,7 @@ const TEXT = {
     created: "Created", pending: "pending", paid: "paid", confirmed: "confirmed", shipped: "shipped",
     delivered: "delivered", completed: "completed", cancelled: "cancelled", refunded: "refunded",
     returned: "returned", expired: "expired", hold_expires: "Held until",
-    paid_at: "Paid at", tracking: "Tracking", back_to_room: "Back to the room",
+    download_csv: "Download CSV", paid_at: "Paid at", tracking: "Tracking", back_to_room: "Back to the room",
   },
   zh: {
     brand: "shopcast", home: "首页", upcoming: "即将开播", search: "搜索", login: "登录",
@@ -64,14 +66,14 @@ const TEXT = {
     created: "创建时间", pending: "待支付", paid: "已支付", confirmed: "已确认", shipped: "已发货",
     delivered: "已送达", completed: "已完成", cancelled: "已取消", refunded: "已退款",
     returned: "已退货", expired: "已过期", hold_expires: "保留至",
-    paid_at: "支付时间", tracking: "物流单号", back_to_room: "返回直播间",
+    download_csv: "下载 CSV", paid_at: "支付时间", tracking: "物流单号", back_to_room: "返回直播间",
   },
 };
 
 export const LANGUAGES = { en: "English", zh: "中文" };
 
 export function currentLanguage() {
-  const chosen = localStorage.getItem("shopcast.lang");
+  const chosen = storage.getItem("shopcast.lang");
   if (chosen && TEXT[chosen]) return chosen;
   for (const lang of navigator.languages || [navigator.language || "en"]) {
     const base = lang.toLowerCase().split("-")[0];
@@ -82,7 +84,7 @@ export function currentLanguage() {
 
 export function setLanguage(lang) {
   if (!TEXT[lang]) throw new Error(`no language ${lang}`);
-  localStorage.setItem("shopcast.lang", lang);
+  storage.setItem("shopcast.lang", lang);
 }
 
 /** The text for ``key`` in the current language (English, then the key, when missing). */

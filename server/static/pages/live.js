@@ -346,6 +346,8 @@ function react(kind) {
 }
 
 function insertEmoji(emoji) {
+  emojiPicker.hidden = true;
+  emojiButton.setAttribute("aria-expanded", "false");
   const start = chatInput.selectionStart ?? chatInput.value.length;
   const end = chatInput.selectionEnd ?? chatInput.value.length;
   chatInput.value = chatInput.value.slice(0, start) + emoji + chatInput.value.slice(end);
@@ -358,8 +360,18 @@ emojiButton.addEventListener("click", () => {
   emojiButton.setAttribute("aria-expanded", String(!emojiPicker.hidden));
   if (!emojiPicker.hidden) emojiPicker.querySelector("button").focus();
 });
+// The picker is a grid: arrow keys move between emoji, Escape closes it.
+const EMOJI_COLUMNS = 8;
 emojiPicker.addEventListener("keydown", (e) => {
-  if (e.key === "Escape") { emojiPicker.hidden = true; emojiButton.setAttribute("aria-expanded", "false"); emojiButton.focus(); }
+  const buttons = [...emojiPicker.querySelectorAll("button")];
+  const at = buttons.indexOf(document.activeElement);
+  const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: EMOJI_COLUMNS, ArrowUp: -EMOJI_COLUMNS }[e.key];
+  if (step !== undefined && at >= 0) {
+    e.preventDefault();
+    buttons[Math.min(buttons.length - 1, Math.max(0, at + step))].focus();
+  } else if (e.key === "Escape") {
+    emojiPicker.hidden = true; emojiButton.setAttribute("aria-expanded", "false"); emojiButton.focus();
+  }
 });
 
 async function copyLink() {

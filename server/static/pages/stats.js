@@ -17,7 +17,12 @@ try {
     const url = URL.createObjectURL(await response.blob());
     main.append(el("h2", {}, t("chart")), el("img", { id: "stats-chart", src: url, alt: `${t("chart")}: ${t("stats")}`, style: "max-width:100%;background:#fff" }));
   }
-  main.append(el("p", {}, el("a", { href: `/api/v1/rooms/${encodeURIComponent(roomId)}/statistics?format=csv`, download: `stats-${roomId}.csv` }, "CSV")));
+  // The CSV needs the bearer token too: fetched, then saved from a blob.
+  main.append(el("p", {}, el("button", { type: "button", id: "stats-csv", onclick: async () => {
+    const csv = await fetch(`/api/v1/rooms/${encodeURIComponent(roomId)}/statistics?format=csv`, { headers: { authorization: `Bearer ${token()}` } });
+    const link = el("a", { href: URL.createObjectURL(await csv.blob()), download: `stats-${roomId}.csv` });
+    link.click();
+  } }, t("download_csv"))));
 } catch (e) {
   if (e instanceof ApiError && e.status === 404 && e.field !== "room_id") message(status, t("stats_unavailable"));
   else if (e instanceof ApiError && (e.status === 401 || e.status === 403)) message(status, `${t("error")}: ${e.message}`, "error");
