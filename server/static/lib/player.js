@@ -31,7 +31,8 @@ export async function webTransportOptions() {
 export class RoomPlayer {
   /**
    * @param {HTMLElement} container where the <moq-watch> element and its canvas go
-   * @param {{broadcast: string, moqPath: string, latencyMs: number, token?: string}} options
+   * @param {{broadcast: string, moqPath: string, latencyMs: number, token?: string,
+   *          announced?: boolean}} options
    */
   constructor(container, options) {
     this.options = options;
@@ -54,6 +55,8 @@ export class RoomPlayer {
     watch.setAttribute("muted", "");
     watch.setAttribute("visible", "always");
     watch.setAttribute("latency", String(options.latencyMs));
+    // A replay (and a seek into it) is served on request, never announced: subscribe at once.
+    if (options.announced === false) watch.reload = false;
     const url = new URL(options.moqPath, location.origin);
     if (options.token) url.searchParams.set("token", options.token);
     watch.setAttribute("name", options.broadcast);

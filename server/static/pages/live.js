@@ -106,7 +106,8 @@ async function startPlayer(broadcast) {
   if (token() && room && room.state === "rehearsal") {
     mediaToken = (await apiOptional("POST", `/api/v1/rooms/${encodeURIComponent(roomId)}/media-token`, {}))?.token;
   }
-  player = new RoomPlayer(videoBox, { broadcast, moqPath: settings.moqPath, latencyMs: settings.playerLatencyMs, token: mediaToken });
+  player = new RoomPlayer(videoBox, { broadcast, moqPath: settings.moqPath, latencyMs: settings.playerLatencyMs,
+    token: mediaToken, announced: !replay });
   hook.player = player;
   hook.stats = () => player.stats();
   player.onTrack("viewers", (payload) => showViewers(decode(payload)));
