@@ -53,14 +53,19 @@ def _tail(log: list[str]) -> str:
 
 
 async def test_live_page_plays_the_demo_room(web_server, run_browser, artifacts):
+    from shopcast.server._interaction import live_edge_us
+
     base = f"https://127.0.0.1:{web_server.port}"
+    broadcast = web_server.app.relay.broadcasts["demo"]
 
     async def scenario(browser):
         log: list[str] = []
         context, page = await _new_page(browser, base, log, viewport={"width": 1280, "height": 720})
+        loaded = time.monotonic()
         await page.goto("/live/demo")
         await page.wait_for_function("() => window.shopcast && window.shopcast.stats && "
                                      "window.shopcast.stats().framesDecoded > 0", timeout=PLAY_TIMEOUT_MS)
+        first_frame_s = time.monotonic() - loaded
         await page.wait_for_function(f"() => {{ const s = ({CANVAS_SAMPLE})(); return s && s.litFraction > 0.25; }}",
                                      timeout=PLAY_TIMEOUT_MS)
         first = await page.evaluate(CANVAS_SAMPLE)
@@ -68,6 +73,15 @@ async def test_live_page_plays_the_demo_room(web_server, run_browser, artifacts)
         await page.wait_for_function(f"() => window.shopcast.stats().framesDecoded >= {target}",
                                      timeout=PLAY_TIMEOUT_MS)
         later = await page.evaluate(CANVAS_SAMPLE)
+        # Measured, not asserted: how far the picture on screen is behind the relay's newest
+        # frame (the demo clip loops, so samples across a loop point are left out).
+        behind_ms = []
+        for _ in range(20):
+            shown_us = await page.evaluate("() => window.shopcast.player.playoutUs()")
+            edge_us = trio.from_thread.run_sync(live_edge_us, broadcast)
+            if shown_us is not None and 0 <= edge_us - shown_us < 2_000_000:
+                behind_ms.append((edge_us - shown_us) / 1000)
+            await page.wait_for_timeout(100)
         await page.wait_for_function("() => /1/.test(document.getElementById('viewer-count').textContent)",
                                      timeout=CHAT_TIMEOUT_MS)
         unmute_label = await page.get_by_role("button", name="Unmute").count()
@@ -79,10 +93,13 @@ async def test_live_page_plays_the_demo_room(web_server, run_browser, artifacts)
                                      " return c.top >= s.bottom - 1; }", timeout=5000)
         await page.screenshot(path=str(artifacts / "live-portrait.png"), full_page=True)
         await context.close()
-        return first, later, unmute_label, log
+        return first, later, unmute_label, first_frame_s, sorted(behind_ms), log
 
-    first, later, unmute_label, log = await run_browser(scenario)
+    first, later, unmute_label, first_frame_s, behind_ms, log = await run_browser(scenario)
     print(f"first {first}\nlater {later}")
+    if behind_ms:
+        print(f"load to first decoded frame {first_frame_s:.2f} s; picture behind the relay's live edge: "
+              f"p50 {behind_ms[len(behind_ms) // 2]:.0f} ms, max {behind_ms[-1]:.0f} ms ({len(behind_ms)} samples)")
     assert (first["width"], first["height"]) == (640, 360), _tail(log)
     assert later["colours"] >= 16 and later["litFraction"] > 0.25, _tail(log)
     assert later["hash"] != first["hash"], f"canvas did not change over {CHANGE_FRAMES} frames\n{_tail(log)}"
