@@ -75,6 +75,7 @@ def register_pages(app: "ServerApp") -> None:
                 "pinsPollIntervalS": web.pins_poll_interval_s,
                 "demoRoom": app.config.demo.room if app.config.demo.enabled else None,
                 "moqPath": app.config.relay.path, "chatPath": app.config.chat.path,
+                "datagramPath": app.config.datagram.path,
                 "reactions": list(app.config.chat.reactions)}
     static = StaticFiles(STATIC_DIR, max_age_s=app.config.http.static_max_age_s)
     router = app.router

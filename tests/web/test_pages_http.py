@@ -25,7 +25,7 @@ async def test_every_page_route_serves_its_shell_and_module(web_api):
         module = await web_api.call("GET", f"/static/pages/{page}.js")
         assert module.status == 200 and module.headers["content-type"].startswith("text/javascript")
     for path in ("lib/api.js", "lib/i18n.js", "lib/chat.js", "lib/msgpack.js", "lib/player.js",
-                 "lib/storage.js", "embed.js", "img/product.svg",
+                 "lib/storage.js", "lib/datagram.js", "embed.js", "img/product.svg",
                  "app.css", "vendor/moq-watch.js"):
         reply = await web_api.call("GET", f"/static/{path}")
         assert reply.status == 200, path

@@ -300,3 +300,36 @@ async def test_the_embed_element_plays_the_room_on_another_site(web_server, run_
     no_header, src, log = await run_browser(scenario)
     assert src == f"{base}/embed/demo"
     assert no_header, "the embedded form has no site header"
+
+
+async def test_datagram_mode_plays_the_demo_room(web_server, run_browser, artifacts):
+    """?mode=datagram: the page's own datagram receiver (FEC, NACK, in-order release) and
+    WebCodecs decoder play the demo room from /dgram, and the room tracks arrive the same way."""
+    base = f"https://127.0.0.1:{web_server.port}"
+    sample = CANVAS_SAMPLE.replace('"moq-watch canvas"', '"canvas.datagram-video"')
+
+    async def scenario(browser):
+        log: list[str] = []
+        context, page = await _new_page(browser, base, log, viewport={"width": 1280, "height": 720})
+        await page.goto("/live/demo?mode=datagram")
+        try:
+            await page.wait_for_function("() => window.shopcast.stats && window.shopcast.stats().framesDecoded > 5",
+                                         timeout=PLAY_TIMEOUT_MS)
+        except Exception as exc:
+            raise AssertionError(f"no frames in datagram mode\n{_tail(log)}") from exc
+        first = await page.evaluate(sample)
+        target = first["stats"]["framesDecoded"] + CHANGE_FRAMES
+        await page.wait_for_function(f"() => window.shopcast.stats().framesDecoded >= {target}", timeout=PLAY_TIMEOUT_MS)
+        later = await page.evaluate(sample)
+        await page.wait_for_function("() => window.shopcast.viewers !== null", timeout=CHAT_TIMEOUT_MS)
+        await page.screenshot(path=str(artifacts / "live-datagram.png"))
+        await context.close()
+        return first, later, log
+
+    first, later, log = await run_browser(scenario)
+    print(f"datagram mode: {later['stats']}")
+    assert later["stats"]["mode"] == "datagram"
+    assert (first["width"], first["height"]) == (640, 360), _tail(log)
+    assert later["litFraction"] > 0.25 and later["colours"] >= 16, _tail(log)
+    assert later["hash"] != first["hash"], _tail(log)
+    assert later["stats"]["frameTimestampMs"] > first["stats"]["frameTimestampMs"]

@@ -34,6 +34,7 @@ const TEXT = {
     created: "Created", pending: "pending", paid: "paid", confirmed: "confirmed", shipped: "shipped",
     delivered: "delivered", completed: "completed", cancelled: "cancelled", refunded: "refunded",
     returned: "returned", expired: "expired", hold_expires: "Held until",
+    datagram_mode: "Watch in datagram mode (lowest delay)", stream_mode: "Watch in stream mode",
     download_csv: "Download CSV", paid_at: "Paid at", tracking: "Tracking", back_to_room: "Back to the room",
   },
   zh: {
@@ -66,6 +67,7 @@ const TEXT = {
     created: "创建时间", pending: "待支付", paid: "已支付", confirmed: "已确认", shipped: "已发货",
     delivered: "已送达", completed: "已完成", cancelled: "已取消", refunded: "已退款",
     returned: "已退货", expired: "已过期", hold_expires: "保留至",
+    datagram_mode: "数据报模式观看（延迟最低）", stream_mode: "流模式观看",
     download_csv: "下载 CSV", paid_at: "支付时间", tracking: "物流单号", back_to_room: "返回直播间",
   },
 };

@@ -106,6 +106,8 @@ export class RoomPlayer {
     if (!received && this.consumer === consumer) onMissing(new Error("track ended"));
   }
 
+  remove() { this.watch.remove(); }
+
   get muted() { return this.watch.muted; }
   set muted(value) { this.watch.muted = value; }
 

@@ -5,6 +5,7 @@ import { ApiError, account, api, apiOptional, el, frame, money, roomEvent, setti
 import { ChatSession } from "../lib/chat.js";
 import { t } from "../lib/i18n.js";
 import { decode, splitHangFrame } from "../lib/msgpack.js";
+import { DatagramPlayer } from "../lib/datagram.js";
 import { RoomPlayer, hasWebTransport } from "../lib/player.js";
 
 const [, mode, rawRoomId] = location.pathname.split("/");
@@ -12,6 +13,7 @@ const roomId = decodeURIComponent(rawRoomId || "");
 const embed = mode === "embed";
 const replay = mode === "replay";
 const params = new URLSearchParams(location.search);
+const datagramMode = params.get("mode") === "datagram";
 const EMOJI = ["😀", "😂", "😍", "🥰", "😮", "😢", "👍", "👏", "🙏", "🔥", "❤️", "🎉", "💯", "🛍️", "💸", "⭐", "👀", "🤩", "😎", "🤔", "✅", "🚀", "🎁", "🌸"];
 const REACTION_EMOJI = { like: "👍", heart: "❤️", fire: "🔥", clap: "👏", laugh: "😂" };
 
@@ -55,7 +57,9 @@ const embedCode = el("input", { id: "embed-code", readonly: true, "aria-label": 
 const share = el("section", { class: "share", "aria-label": t("share") },
   el("label", { for: "share-url" }, t("share")), shareUrl,
   el("button", { type: "button", id: "copy-link", onclick: copyLink }, t("copy_link")), shareCopied,
-  el("label", { for: "embed-code" }, t("embed_code")), embedCode);
+  el("label", { for: "embed-code" }, t("embed_code")), embedCode,
+  el("a", { id: "mode-switch", href: `${location.pathname}${datagramMode ? "" : "?mode=datagram"}` },
+    datagramMode ? t("stream_mode") : t("datagram_mode")));
 
 const side = el("aside", { class: "side" }, hostBox, cards, chat, embed ? null : share);
 main.append(stage, side);
@@ -101,26 +105,28 @@ async function startPlayer(broadcast) {
     hook.noWebTransport = true;
     return;
   }
-  if (player) { player.watch.remove(); }
+  if (player) { player.remove(); clearInterval(statusPoll); }
   let mediaToken;
   if (token() && room && room.state === "rehearsal") {
     mediaToken = (await apiOptional("POST", `/api/v1/rooms/${encodeURIComponent(roomId)}/media-token`, {}))?.token;
   }
-  player = new RoomPlayer(videoBox, { broadcast, moqPath: settings.moqPath, latencyMs: settings.playerLatencyMs,
-    token: mediaToken, announced: !replay });
+  player = datagramMode
+    ? new DatagramPlayer(videoBox, { broadcast, path: settings.datagramPath, latencyMs: settings.playerLatencyMs, token: mediaToken })
+    : new RoomPlayer(videoBox, { broadcast, moqPath: settings.moqPath, latencyMs: settings.playerLatencyMs,
+      token: mediaToken, announced: !replay });
   hook.player = player;
   hook.stats = () => player.stats();
   player.onTrack("viewers", (payload) => showViewers(decode(payload)));
   player.onTrack("chat", (payload) => applyBatch(decode(payload)), () => {});
   player.onTrack("commerce", (payload) => queueCommerce(payload), () => pollPins());
   await player.start();
-  const poll = setInterval(() => {
+  statusPoll = setInterval(() => {
     const s = player.stats();
     if (s.framesDecoded > 0) { status.textContent = ""; status.className = "status"; }
     else if (s.status === "offline") status.textContent = t("offline");
   }, 500);
-  player.watch.addEventListener("disconnect", () => clearInterval(poll));
 }
+let statusPoll = null;
 
 unmute.addEventListener("click", () => {
   if (!player) return;
