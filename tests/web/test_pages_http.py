@@ -73,3 +73,17 @@ async def test_demo_token_needs_an_account_token_and_is_for_the_demo_room(web_ap
     assert (claims.role, claims.room) == ("viewer", "demo")
     # The service keeps answering others.
     assert (await web_api.call("GET", "/healthz")).status == 200
+
+
+async def test_serve_prints_the_home_and_demo_room_urls_and_they_answer(web_api, capsys):
+    from shopcast.server._cli import _print_banner
+
+    _print_banner(web_api.started)
+    printed = capsys.readouterr().out
+    port = web_api.port
+    urls = re.findall(r"https://localhost:\d+/\S*", printed)
+    assert f"https://localhost:{port}/" in urls
+    assert f"https://localhost:{port}/live/demo" in urls
+    for url in (f"https://localhost:{port}/", f"https://localhost:{port}/live/demo"):
+        reply = await web_api.call("GET", url.removeprefix(f"https://localhost:{port}"))
+        assert reply.status == 200 and "/static/pages/" in reply.body
