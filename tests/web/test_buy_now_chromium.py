@@ -85,6 +85,14 @@ async def test_pinned_card_appears_and_buy_now_pays_with_a_test_card(
         assert reply.status == 201, reply.body
         return reply.body
 
+    async def flash_sale() -> dict:
+        reply = await web_api.call("POST", f"/api/v1/rooms/{room_id}/pins", {
+            "kind": "flash_sale", "product_id": product.body["id"],
+            "flash_sale": {"price_minor": 3999, "countdown_s": 30, "duration_s": 120,
+                           "per_buyer_limit": 1, "stock_cap": 5}}, token=host)
+        assert reply.status == 201, reply.body
+        return reply.body
+
     async def scenario(browser):
         context = await browser.new_context(ignore_https_errors=True, base_url=base)
         page = await context.new_page()
@@ -95,11 +103,25 @@ async def test_pinned_card_appears_and_buy_now_pays_with_a_test_card(
         await page.goto(f"/live/{room_id}")
         await page.wait_for_function("() => window.shopcast.stats && window.shopcast.stats().framesDecoded > 0",
                                      timeout=CARD_TIMEOUT_MS)
+        # The host's account: figures, and Follow.
+        await page.locator("#host-figures").filter(has_text="0 followers").wait_for(timeout=CARD_TIMEOUT_MS)
+        await page.get_by_role("button", name="Follow").click()
+        await page.locator("#host-figures").filter(has_text="1 followers").wait_for(timeout=CARD_TIMEOUT_MS)
         pinned = trio.from_thread.run(pin)
         card = page.locator(f'article.product-card[data-pin="{pinned["id"]}"]')
         await card.wait_for(timeout=CARD_TIMEOUT_MS)
         shown_at = await page.evaluate("() => window.shopcast.player.playoutUs()")
         title = await card.locator("h3").text_content()
+        # A flash sale: its card counts down to the start, at the sale price.
+        sale = trio.from_thread.run(flash_sale)
+        sale_card = page.locator(f'article.product-card[data-pin="{sale["id"]}"]')
+        await sale_card.locator(".countdown").filter(has_text="starts in 0:").wait_for(timeout=CARD_TIMEOUT_MS)
+        countdown = [await sale_card.locator(".countdown").text_content()]
+        await page.wait_for_function(
+            "([pin, first]) => { const c = document.querySelector(`.countdown[data-pin='${pin}']`);"
+            " return c && c.textContent !== first; }", arg=[sale["id"], countdown[0]], timeout=5000)
+        countdown.append(await sale_card.locator(".countdown").text_content())
+        sale_price = await sale_card.locator(".price").text_content()
         await page.screenshot(path=str(artifacts / "live-card.png"))
         await card.get_by_role("button", name="Buy now").click()
         await page.get_by_role("button", name="Go to payment").click()
@@ -114,8 +136,10 @@ async def test_pinned_card_appears_and_buy_now_pays_with_a_test_card(
         await page.wait_for_selector('#order-status[data-status="paid"]', timeout=PAYMENT_TIMEOUT_MS)
         await page.screenshot(path=str(artifacts / "order-paid.png"))
         await context.close()
-        return pinned, shown_at, title
+        return pinned, shown_at, title, countdown, sale_price
 
-    pinned, shown_at, title = await run_browser(scenario)
+    pinned, shown_at, title, countdown, sale_price = await run_browser(scenario)
+    assert countdown[0] != countdown[1], countdown
+    assert "39.99" in sale_price and "59.99" in sale_price, sale_price
     assert title == "Trail runner 2"
     assert shown_at >= pinned["media_us"], "the card waited for the playout to reach the pin"

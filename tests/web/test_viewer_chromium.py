@@ -171,6 +171,13 @@ async def test_registration_chat_view_counts_and_mute_between_browsers(web_serve
         await bob.get_by_label("Message").press("Enter")
         await alice.wait_for_function("() => window.shopcast.chatMessages.some(m => m.text === 'hi Alice 👋')",
                                       timeout=CHAT_TIMEOUT_MS)
+        # Alice replies to Bob's message; Bob sees the reply pointing at it.
+        await alice.get_by_role("button", name="Reply: Bob").click()
+        await alice.get_by_label("Message").fill("welcome Bob")
+        await alice.get_by_label("Message").press("Enter")
+        await bob.wait_for_function(
+            "() => { const m = window.shopcast.chatMessages; const hi = m.find(x => x.text === 'hi Alice 👋');"
+            " return m.some(x => x.text === 'welcome Bob' && hi && x.reply_to === hi.id); }", timeout=CHAT_TIMEOUT_MS)
         await alice.get_by_role("button", name="Heart").click()
         await bob.wait_for_function("() => Number(document.getElementById('reaction-count-heart').textContent) >= 1",
                                     timeout=CHAT_TIMEOUT_MS)
@@ -187,8 +194,10 @@ async def test_registration_chat_view_counts_and_mute_between_browsers(web_serve
         answer = trio.from_thread.run(mute, bob_id)
         for page in (alice, bob):
             await page.wait_for_function(
-                "() => !window.shopcast.chatMessages.some(m => m.text === 'hi Alice 👋') && "
-                "!document.querySelector('#chat-log').textContent.includes('hi Alice')", timeout=CHAT_TIMEOUT_MS)
+                "(bob) => !window.shopcast.chatMessages.some(m => m.author === bob) && "
+                "!document.querySelector(`#chat-log li[data-author='${bob}']`) && "
+                "!document.querySelector('#chat-log').textContent.includes('hi Alice')", arg=bob_id,
+                timeout=CHAT_TIMEOUT_MS)
         await bob.get_by_label("Message").fill("am I muted?")
         await bob.get_by_role("button", name="Send").click()
         await bob.wait_for_function("() => window.shopcast.notices.some(n => n.code === 'muted')", timeout=CHAT_TIMEOUT_MS)

@@ -80,10 +80,13 @@ async function loadRoom() {
     document.title = `${room.title} · shopcast`;
     if (page.share_url) shareUrl.value = `${page.share_url}`;
     const host = room.host || {};
+    const figures = el("p", { class: "muted host-figures", id: "host-figures" });
+    const follow = el("button", { type: "button", id: "follow", "aria-pressed": "false", hidden: true }, t("follow"));
     hostBox.replaceChildren(
       host.photo_url ? el("img", { src: host.photo_url, alt: "", class: "avatar" }) : el("span", { class: "avatar" }, (host.display_name || "?")[0]),
       el("div", {}, el("strong", { id: "host-name" }, host.display_name || host.name || ""), " ",
-        el("span", { class: "muted" }, t("host")), el("p", { class: "room-title" }, room.title)));
+        el("span", { class: "muted" }, t("host")), el("p", { class: "room-title" }, room.title), figures), follow);
+    if (host.name) showHost(host.name, figures, follow);
   } catch (e) {
     if (roomId === settings.demoRoom) {
       hostBox.replaceChildren(el("span", { class: "avatar" }, "S"),
@@ -93,6 +96,29 @@ async function loadRoom() {
       hostBox.replaceChildren(el("p", {}, t("offline")));
     }
   }
+}
+
+/** The host's public figures, and a Follow button for logged-in viewers. */
+async function showHost(name, figures, follow) {
+  const path = `/api/v1/accounts/${encodeURIComponent(name)}`;
+  const profile = await apiOptional("GET", path).catch(() => null);
+  if (!profile) return;
+  const st = profile.stats || {};
+  figures.textContent = `${st.followers ?? 0} ${t("followers")} · ${st.live_events ?? 0} ${t("live_events")}`;
+  const me = account();
+  if (!token() || !me || me.name === name) return;
+  let following = false;
+  follow.hidden = false;
+  follow.addEventListener("click", async () => {
+    try {
+      await api(following ? "DELETE" : "PUT", `${path}/follow`);
+      following = !following;
+      follow.setAttribute("aria-pressed", String(following));
+      follow.textContent = following ? t("following") : t("follow");
+      const again = await apiOptional("GET", path);
+      if (again) figures.textContent = `${again.stats.followers} ${t("followers")} · ${again.stats.live_events} ${t("live_events")}`;
+    } catch (e) { figures.textContent = e.message; }
+  });
 }
 
 // --- the player ---------------------------------------------------------------------------
@@ -275,9 +301,12 @@ function addMessage(m) {
   if (shownIds.has(m.id)) return;
   shownIds.add(m.id);
   hook.chatMessages.push(m);
+  const parent = m.reply_to ? hook.chatMessages.find((x) => x.id === m.reply_to) : null;
   const item = el("li", { dataset: { id: String(m.id), author: m.author }, class: m.host ? "from-host" : "" },
+    parent ? el("span", { class: "reply-to muted", dataset: { ref: String(parent.id) } }, "↪ ", parent.name, ": ", parent.text.slice(0, 40), " ") : null,
     el("strong", { class: `role-${m.role}` }, m.name), m.host ? el("span", { class: "badge" }, t("host")) : null, " ",
-    el("span", { class: "text" }, m.text));
+    el("span", { class: "text" }, m.text), " ",
+    el("button", { type: "button", class: "reply", "aria-label": `${t("reply")}: ${m.name}`, onclick: () => startReply(m) }, "↩"));
   chatLog.append(item);
   while (chatLog.children.length > settings.chatMessagesShown) chatLog.firstElementChild.remove();
   chatLog.scrollTop = chatLog.scrollHeight;
@@ -286,6 +315,8 @@ function addMessage(m) {
 function removeMessage(id) {
   shownIds.add(id);
   chatLog.querySelector(`li[data-id="${id}"]`)?.remove();
+  // A removed message leaves no trace in the replies quoting it.
+  for (const quote of chatLog.querySelectorAll(`.reply-to[data-ref="${id}"]`)) quote.textContent = "↪ … ";
   hook.chatMessages = hook.chatMessages.filter((m) => m.id !== id);
 }
 
@@ -340,12 +371,28 @@ async function openChat() {
   }
 }
 
+let replyTo = null;
+const replyNote = el("p", { class: "muted", id: "reply-note", hidden: true });
+chatForm.before(replyNote);
+
+function startReply(m) {
+  replyTo = m.id;
+  replyNote.replaceChildren(`${t("reply")} → ${m.name}: ${m.text.slice(0, 40)} `,
+    el("button", { type: "button", "aria-label": t("cancel_reply"), onclick: () => { replyTo = null; replyNote.hidden = true; chatInput.focus(); } }, "✕"));
+  replyNote.hidden = false;
+  chatInput.focus();
+}
+
 chatForm.addEventListener("submit", async (e) => {
   e.preventDefault();
   const text = chatInput.value.trim();
   if (!text || !session) return;
   chatInput.value = "";
-  await session.send({ type: "message", text });
+  const request = { type: "message", text };
+  if (replyTo !== null) request.reply_to = replyTo;
+  replyTo = null;
+  replyNote.hidden = true;
+  await session.send(request);
 });
 
 function react(kind) {
