@@ -135,6 +135,10 @@ async def test_pinned_card_appears_and_buy_now_pays_with_a_test_card(
             await page.locator('a[href*="/orders/"]').first.click()
         await page.wait_for_selector('#order-status[data-status="paid"]', timeout=PAYMENT_TIMEOUT_MS)
         await page.screenshot(path=str(artifacts / "order-paid.png"))
+        order_id = page.url.rstrip("/").rsplit("/", 1)[1]
+        await page.goto("/orders")
+        await page.locator(f'#orders a[href="/orders/{order_id}"]').wait_for(timeout=PAYMENT_TIMEOUT_MS)
+        await page.screenshot(path=str(artifacts / "orders.png"))
         await context.close()
         return pinned, shown_at, title, countdown, sale_price
 
