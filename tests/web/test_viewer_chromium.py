@@ -314,7 +314,10 @@ async def test_the_embed_element_plays_the_room_on_another_site(web_server, run_
 async def test_datagram_mode_plays_the_demo_room(web_server, run_browser, artifacts):
     """?mode=datagram: the page's own datagram receiver (FEC, NACK, in-order release) and
     WebCodecs decoder play the demo room from /dgram, and the room tracks arrive the same way."""
+    from shopcast.server._interaction import live_edge_us
+
     base = f"https://127.0.0.1:{web_server.port}"
+    broadcast = web_server.app.relay.broadcasts["demo"]
     sample = CANVAS_SAMPLE.replace('"moq-watch canvas"', '"canvas.datagram-video"')
 
     async def scenario(browser):
@@ -331,12 +334,22 @@ async def test_datagram_mode_plays_the_demo_room(web_server, run_browser, artifa
         await page.wait_for_function(f"() => window.shopcast.stats().framesDecoded >= {target}", timeout=PLAY_TIMEOUT_MS)
         later = await page.evaluate(sample)
         await page.wait_for_function("() => window.shopcast.viewers !== null", timeout=CHAT_TIMEOUT_MS)
+        behind_ms = []   # measured, not asserted (see the stream-mode test)
+        for _ in range(20):
+            shown_us = await page.evaluate("() => window.shopcast.player.playoutUs()")
+            edge_us = trio.from_thread.run_sync(live_edge_us, broadcast)
+            if shown_us is not None and 0 <= edge_us - shown_us < 2_000_000:
+                behind_ms.append((edge_us - shown_us) / 1000)
+            await page.wait_for_timeout(100)
         await page.screenshot(path=str(artifacts / "live-datagram.png"))
         await context.close()
-        return first, later, log
+        return first, later, sorted(behind_ms), log
 
-    first, later, log = await run_browser(scenario)
+    first, later, behind_ms, log = await run_browser(scenario)
     print(f"datagram mode: {later['stats']}")
+    if behind_ms:
+        print(f"datagram mode: picture behind the relay's live edge: p50 {behind_ms[len(behind_ms) // 2]:.0f} ms, "
+              f"max {behind_ms[-1]:.0f} ms ({len(behind_ms)} samples)")
     assert later["stats"]["mode"] == "datagram"
     assert (first["width"], first["height"]) == (640, 360), _tail(log)
     assert later["litFraction"] > 0.25 and later["colours"] >= 16, _tail(log)
