@@ -85,6 +85,11 @@ async def test_live_page_plays_the_demo_room(web_server, run_browser, artifacts)
         await page.wait_for_function("() => /1/.test(document.getElementById('viewer-count').textContent)",
                                      timeout=CHAT_TIMEOUT_MS)
         unmute_label = await page.get_by_role("button", name="Unmute").count()
+        muted_audio = await page.evaluate("() => window.shopcast.stats().audioBytes")
+        # Unmuting (a user gesture) brings the audio track in.
+        await page.get_by_role("button", name="Unmute").click()
+        await page.wait_for_function("() => window.shopcast.stats().audioBytes > 0", timeout=PLAY_TIMEOUT_MS)
+        pressed = await page.locator("#unmute").get_attribute("aria-pressed")
         await page.screenshot(path=str(artifacts / "live-landscape.png"))
         # Portrait: the side panel goes under the video.
         await page.set_viewport_size({"width": 390, "height": 844})
@@ -93,9 +98,9 @@ async def test_live_page_plays_the_demo_room(web_server, run_browser, artifacts)
                                      " return c.top >= s.bottom - 1; }", timeout=5000)
         await page.screenshot(path=str(artifacts / "live-portrait.png"), full_page=True)
         await context.close()
-        return first, later, unmute_label, first_frame_s, sorted(behind_ms), log
+        return first, later, (unmute_label, muted_audio, pressed), first_frame_s, sorted(behind_ms), log
 
-    first, later, unmute_label, first_frame_s, behind_ms, log = await run_browser(scenario)
+    first, later, (unmute_label, muted_audio, pressed), first_frame_s, behind_ms, log = await run_browser(scenario)
     print(f"first {first}\nlater {later}")
     if behind_ms:
         print(f"load to first decoded frame {first_frame_s:.2f} s; picture behind the relay's live edge: "
@@ -105,6 +110,8 @@ async def test_live_page_plays_the_demo_room(web_server, run_browser, artifacts)
     assert later["hash"] != first["hash"], f"canvas did not change over {CHANGE_FRAMES} frames\n{_tail(log)}"
     assert later["stats"]["frameTimestampMs"] > first["stats"]["frameTimestampMs"]
     assert unmute_label == 1, "muted autoplay shows an Unmute button"
+    assert muted_audio == 0, "muted autoplay fetches no audio"
+    assert pressed == "true"
 
 
 async def test_registration_chat_view_counts_and_mute_between_browsers(web_server, run_browser, artifacts):
