@@ -163,6 +163,9 @@ class ServerApp:
                                metrics=self.metrics, public_host=self.public_host)
         self._register_metrics()
         self._register_routes()
+        # The viewer pages and /static/ (server/_pages.py).
+        from shopcast.server._pages import register_pages
+        register_pages(self)
         self.rtmp.register_routes(self.router, self.authorize)
         # Plugins (plugins/): found and checked here, so a bad plugin stops
         # start-up at once; their tables, routes and tasks come in start_plugins.

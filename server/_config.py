@@ -237,6 +237,15 @@ class DemoConfig:
     clip: str = _spec()
 
 
+@dataclass(frozen=True)
+class WebConfig:
+    """[web]: the viewer pages (server/_pages.py, server/static/)."""
+
+    player_latency_ms: int = _spec(min=0, max=10_000, unit="ms")
+    chat_messages_shown: int = _spec(min=1, max=10_000, unit="count")
+    pins_poll_interval_s: float = _spec(min=0.5, max=600.0, unit="s")
+
+
 # --- plugins, storage, accounts, rooms, webhooks (plugins/) -------------------------
 
 
@@ -406,6 +415,7 @@ class Config:
     media: MediaConfig
     relay: RelayConfig
     demo: DemoConfig
+    web: WebConfig
     chat: ChatConfig
     datagram: DatagramConfig
     rtmp: RtmpConfig
