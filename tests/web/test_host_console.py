@@ -1,0 +1,253 @@
+"""The host console (server/static/host/, server/_pages_host.py) in headless Chromium.
+
+The end-to-end test logs a host in, creates a room with every field, starts Chromium's
+fake camera and microphone, publishes (WebCodecs H.264 + Opus over the console's own
+moq-lite publisher), rehearses, goes live, and ends the live, while a second browser
+context plays the room with an unmodified ``@moq/watch`` and a Python subscriber
+(``shopcast.client``) receives the browser's video frames, which ffprobe decodes. The
+glass-to-glass delay is printed (bench/_glass.py measures it properly). Screenshots go to
+test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trio
+
+from shopcast.bench import _glass
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+PYTHON_FRAMES = 40
+"""Video frames the Python subscriber collects from the browser's broadcast."""
+
+
+def _get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=context, timeout=30) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as error:
+        return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
+
+
+async def test_console_pages_and_files_are_served(server_factory):
+    started = await server_factory(_glass.SERVER_OVERRIDES)
+    port = started.port
+
+    status, headers, body = await trio.to_thread.run_sync(_get, port, "/host")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert b'src="/static/host/console.js"' in body
+    status, _, room_page = await trio.to_thread.run_sync(_get, port, "/host/r0123456789abcdef")
+    assert status == 200 and room_page == body
+
+    status, headers, body = await trio.to_thread.run_sync(_get, port, "/host/not-a-room")
+    assert status == 404 and headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["field"] == "room_id"
+
+    for name in ("console.js", "moq.js", "capture.js", "msgpack.js", "i18n.js"):
+        status, headers, body = await trio.to_thread.run_sync(_get, port, f"/static/host/{name}")
+        assert status == 200, name
+        assert headers["content-type"] == "text/javascript; charset=utf-8"
+        assert body == (REPO / "server" / "static" / "host" / name).read_bytes()
+    for escape in ("/static/host/../_app.py", "/static/host/%2e%2e/_app.py", "/static/host/.hidden"):
+        status, _, _ = await trio.to_thread.run_sync(_get, port, escape)
+        assert status == 404, escape
+
+
+# Runs in the console page: the JS wire encoders against values Python checks.
+JS_ENCODINGS = """async (values) => {
+  const moq = await import("/static/host/moq.js");
+  const msgpack = await import("/static/host/msgpack.js");
+  const hex = (b) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return {
+    varints: values.map((v) => hex(moq.encodeVarint(v))),
+    frame: hex(moq.hangFrame(1234567, Uint8Array.of(1, 2, 3))),
+    decoded: moq.decodeHangFrame(moq.hangFrame(4000000000, Uint8Array.of(9)))[0],
+    packed: hex(msgpack.encode({type: "mute", account: "a1", seconds: 600, big: 70000, neg: -5,
+                                f: 0.5, ok: true, none: null, list: ["x", 1],
+                                long: "y".repeat(40)})),
+    unpacked: msgpack.decode(Uint8Array.from(%s)),
+  };
+}"""
+
+
+@pytest.mark.e2e
+async def test_console_login_form_errors_language_and_wire_encoders(server_factory, chromium, chromium_flags):
+    import msgpack
+
+    from shopcast.server.moq import encode_frame
+    from shopcast.server.moq._wire import encode_varint
+
+    started = await server_factory(_glass.SERVER_OVERRIDES)
+    port = started.port
+    await _glass.prepare_host(port)
+    values = [0, 63, 64, 16383, 16384, 2**30 - 1, 2**30, 0xFF0DAD02, 2**53 - 1]
+    sample = {"type": "history", "messages": [{"id": 7, "text": "你好", "t": 1.5, "reply_to": None}],
+              "n": -200, "u": 2**40}
+
+    async def drive() -> dict:
+        from playwright.async_api import async_playwright
+
+        out: dict = {}
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=chromium, args=chromium_flags)
+            try:
+                context = await browser.new_context(ignore_https_errors=True)
+                page = await context.new_page()
+                await page.goto(f"https://127.0.0.1:{port}/host")
+                login = page.locator("#login-form")
+                await login.get_by_label("Account name").fill(_glass.HOST_NAME)
+                await login.get_by_label("Password").fill("wrong password")
+                await login.get_by_label("Password").press("Enter")
+                await page.wait_for_function("document.getElementById('error').textContent.length > 0")
+                out["login_error"] = await page.locator("#error").inner_text()
+                await login.get_by_label("Password").fill(_glass.HOST_PASSWORD)
+                await login.get_by_role("button", name="Log in").click()
+                await page.wait_for_selector("#rooms-view:not([hidden])")
+                out["no_rooms"] = await page.locator("#rooms").inner_text()
+
+                form = page.locator("#create-form")
+                await form.get_by_label("Title").fill("Bad region")
+                await form.get_by_label("Region (ISO country code", exact=False).fill("X1")
+                await form.get_by_role("button", name="Create room").click()
+                await page.wait_for_function("document.getElementById('error').textContent.length > 0")
+                out["create_error"] = await page.locator("#error").inner_text()
+                out["region_invalid"] = await form.get_by_label(
+                    "Region (ISO country code", exact=False).get_attribute("aria-invalid")
+                out["url_after_error"] = page.url
+
+                await page.get_by_label("Language", exact=True).select_option("zh")
+                out["zh_heading"] = await page.locator("h1").inner_text()
+                out["zh_button"] = await form.locator("button[type=submit]").inner_text()
+                out["lang_attr"] = await page.evaluate("document.documentElement.lang")
+                out["encodings"] = await page.evaluate(
+                    JS_ENCODINGS % json.dumps(list(msgpack.packb(sample))), values)
+                ARTIFACTS.mkdir(exist_ok=True)
+                await page.screenshot(path=str(ARTIFACTS / "host-console-rooms-zh.png"), full_page=True)
+            finally:
+                await browser.close()
+        return out
+
+    out = await trio.to_thread.run_sync(lambda: asyncio.run(drive()))
+    assert out["login_error"], out
+    assert "No rooms yet." in out["no_rooms"]
+    # The rooms plugin's refusal reaches the host, naming the field; nothing was created.
+    assert "region" in out["create_error"], out
+    assert out["region_invalid"] == "true"
+    assert out["url_after_error"].endswith("/host")
+    assert out["zh_heading"] == "主播控制台" and out["zh_button"] == "创建直播间"
+    assert out["lang_attr"] == "zh-CN"
+    encodings = out["encodings"]
+    assert encodings["varints"] == [encode_varint(v).hex() for v in values]
+    assert encodings["frame"] == encode_frame(1234567, b"\x01\x02\x03").hex()
+    assert encodings["decoded"] == 4000000000
+    assert msgpack.unpackb(bytes.fromhex(encodings["packed"])) == {
+        "type": "mute", "account": "a1", "seconds": 600, "big": 70000, "neg": -5, "f": 0.5,
+        "ok": True, "none": None, "list": ["x", 1], "long": "y" * 40}
+    assert encodings["unpacked"] == sample
+
+
+async def _receive_browser_video(port: int, sha256: str, room_id: str, ffprobe: str,
+                                 scratch: Path) -> dict:
+    """Subscribe to the room as a Python client, collect the browser's H.264 frames from a
+    keyframe on, and have ffprobe decode them."""
+    from shopcast.client import connect, decode_frame_untrusted
+    from shopcast.codecs import avcc_to_annexb_untrusted, parse_avcc_record_untrusted
+
+    async with connect(f"https://127.0.0.1:{port}/moq", certificate_sha256=sha256) as client:
+        with trio.fail_after(20):
+            catalog = await client.catalog(room_id)
+            video = await client.subscribe(room_id, "video")
+            frames: list[tuple[int, bytes]] = []
+            async for frame in video.frames:
+                if not frames and frame.index != 0:
+                    continue  # start at a group's keyframe
+                frames.append(decode_frame_untrusted(frame.payload))
+                if len(frames) >= PYTHON_FRAMES:
+                    break
+    rendition = catalog.video[0]
+    config = parse_avcc_record_untrusted(rendition.description)
+    start = b"\x00\x00\x00\x01"
+    stream = b"".join(start + nal for nal in (*config.sps, *config.pps))
+    stream += b"".join(avcc_to_annexb_untrusted(bytes(payload), config.length_size) for _, payload in frames)
+    path = scratch / "browser-video.h264"
+    path.write_bytes(stream)
+    probe = subprocess.run(
+        [ffprobe, "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+         "stream=codec_name,width,height,nb_read_frames", "-of", "json", str(path)],
+        capture_output=True, text=True, timeout=60)
+    return {"catalog": catalog, "timestamps_us": [t for t, _ in frames],
+            "probe": json.loads(probe.stdout or "{}"), "probe_error": probe.stderr}
+
+
+@pytest.mark.e2e
+async def test_console_goes_live_from_fake_camera_while_others_watch(
+        server_factory, chromium, chromium_flags, web_packages, ffprobe, tmp_path):
+    started = await server_factory(_glass.SERVER_OVERRIDES)
+    app, port = started.app, started.port
+    await _glass.prepare_host(port)
+    bundle = tmp_path / "web"
+    bundle.mkdir()
+    await trio.to_thread.run_sync(_glass.build_watch_bundle, Path(web_packages), bundle)
+    received: dict = {}
+
+    async def python_viewer(room_id: str) -> None:
+        received.update(await _receive_browser_video(
+            port, app.certificate.sha256_hex, room_id, ffprobe, tmp_path))
+
+    async def on_live(room_id: str) -> None:
+        # Called in the browser driver's thread: hand the check back to trio and wait.
+        trio.from_thread.run(python_viewer, room_id)
+
+    with _glass.serve_directory(bundle) as viewer_base:
+        glass = await trio.to_thread.run_sync(lambda: asyncio.run(_glass.drive_console(
+            chromium=chromium, flags=chromium_flags, port=port, viewer_base=viewer_base,
+            artifacts=ARTIFACTS, measure_s=5.0, on_live=on_live)))
+
+    explain = f"{glass}\n" + "\n".join(glass.console_log[-40:])
+    assert glass.room_id and glass.states == ["rehearsal", "live", "ended"], explain
+    room = await app.plugins.get("rooms").get(glass.room_id)
+    assert room["state"] == "ended" and room["end_reason"] == "push_stopped"
+    assert room["keywords"] == ["camera", "latency"] and room["hashtags"] == ["live", "bench"]
+    assert room["target_regions"] == ["US", "DE"] and room["orientation"] == "landscape"
+    assert glass.room_id not in app.relay.broadcasts
+
+    # The host's catalog: H.264 in AVC format with its avcC, Opus.
+    video = glass.catalog["video"]["renditions"]["video"]
+    assert video["codec"].startswith("avc1.") and video["description"], glass.catalog
+    assert glass.catalog["audio"]["renditions"]["audio"]["codec"] == "opus"
+    assert glass.publisher_stats["errors"] == [] and glass.publisher_stats["audioFrames"] > 0
+
+    # The viewer browser drew changing pictures of the camera.
+    assert glass.first_picture is not None, explain
+    assert (glass.first_picture["width"], glass.first_picture["height"]) == (640, 360)
+    assert _glass.is_picture(glass.later_picture), explain
+    assert glass.later_picture["hash"] != glass.first_picture["hash"], explain
+
+    # The Python subscriber got the same broadcast, and ffprobe decodes it.
+    assert received["catalog"].video[0].codec == video["codec"]
+    stamps = received["timestamps_us"]
+    assert len(stamps) == PYTHON_FRAMES and stamps == sorted(stamps) and stamps[-1] > stamps[0]
+    stream = received["probe"]["streams"][0]
+    assert stream["codec_name"] == "h264" and (stream["width"], stream["height"]) == (640, 360)
+    assert int(stream["nb_read_frames"]) == PYTHON_FRAMES, received["probe_error"]
+
+    # Frames drawn by the viewer are matched to the host's capture times (no speed asserted).
+    assert glass.delays_ms, explain
+    assert all(delay > 0 for delay in glass.delays_ms), glass.delays_ms
+    print(f"glass-to-glass over {len(glass.delays_ms)} frames: "
+          f"p50 {_glass.percentile(glass.delays_ms, 0.5):.0f} ms, "
+          f"p99 {_glass.percentile(glass.delays_ms, 0.99):.0f} ms")
+    for shot in glass.screenshots:
+        assert Path(shot).stat().st_size > 0
