@@ -31,11 +31,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator, TextIO
+from typing import Any, Iterator, TextIO
 
 from shopcast.bench._record import Record
 
-__all__ = ["GlassRun", "build_watch_bundle", "drive_console", "percentile", "run", "serve_directory"]
+__all__ = ["ConsoleHooks", "GlassRun", "api_call", "prepare_host", "build_watch_bundle", "drive_console", "percentile", "run", "serve_directory"]
 
 REPO = Path(__file__).resolve().parents[1]
 WEB_DIR = REPO / "tests" / "web"
@@ -159,16 +159,29 @@ class GlassRun:
     create_error: str = ""
 
 
+class ConsoleHooks:
+    """Called by drive_console at each stage, with the Playwright pages; do nothing here."""
+
+    async def created(self, room_id: str, host: Any) -> None:
+        """The room exists and its console page is open, nothing published yet."""
+
+    async def rehearsal(self, room_id: str, host: Any) -> None:
+        """The browser publishes and the room rehearses (private)."""
+
+    async def live(self, room_id: str, host: Any, viewer: Any) -> None:
+        """The room is live and the viewer draws pictures."""
+
+
 async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_base: str,
                         artifacts: Path, measure_s: float,
-                        on_live: Callable[[str], Awaitable[None]] | None = None,
-                        end_live: bool = True) -> GlassRun:
+                        hooks: "ConsoleHooks | None" = None, end_live: bool = True) -> GlassRun:
     """In one headless Chromium (asyncio; Playwright), do what a host and a viewer do.
 
-    The host account ``HOST_NAME`` must exist. ``on_live(room_id)`` is awaited once the
-    room is live and the viewer draws pictures (the caller's own checks run meanwhile).
-    Returns a GlassRun; raises TimeoutError (Playwright's) naming the step that hung.
+    The host account ``HOST_NAME`` must exist. ``hooks`` are awaited at each stage (the
+    caller's own checks run meanwhile). Returns a GlassRun; raises TimeoutError
+    (Playwright's) naming the step that hung.
     """
+    hooks = hooks or ConsoleHooks()
     from playwright.async_api import async_playwright
 
     result = GlassRun()
@@ -214,6 +227,7 @@ async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_ba
             await host.wait_for_selector("#room-view:not([hidden])", timeout=STEP_TIMEOUT_MS)
             await host.wait_for_function("window.hostConsole && window.hostConsole.setup",
                                          timeout=STEP_TIMEOUT_MS)
+            await hooks.created(result.room_id, host)
 
             async def wait_state(state: str) -> None:
                 await host.wait_for_selector(f'#room-state[data-state="{state}"]', timeout=STEP_TIMEOUT_MS)
@@ -226,6 +240,7 @@ async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_ba
                 "window.hostConsole.publisher && window.hostConsole.publisher.stats.videoFrames > 10",
                 timeout=STEP_TIMEOUT_MS)
             await wait_state("rehearsal")
+            await hooks.rehearsal(result.room_id, host)
             await host.get_by_role("button", name="Go live now").click()
             await wait_state("live")
 
@@ -245,8 +260,7 @@ async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_ba
                 await viewer.wait_for_timeout(250)
             if result.first_picture is None:
                 return result
-            if on_live is not None:
-                await on_live(result.room_id)
+            await hooks.live(result.room_id, host, viewer)
             # Measure from a clean start: frames drawn from now on.
             await viewer.evaluate("window.__renders.length = 0")
             await viewer.wait_for_timeout(measure_s * 1000)
@@ -282,38 +296,49 @@ async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_ba
     return result
 
 
-async def prepare_host(port: int) -> None:
-    """Register the host account (accept the current terms) over the server's own API."""
+def api_call(port: int, method: str, path: str, body: dict | None = None,
+             token: str | None = None) -> tuple[int, dict]:
+    """One JSON request to the server's API over HTTPS (blocking): (status, body)."""
     import json
     import ssl
+    import urllib.error
     import urllib.request
-
-    import trio
 
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{port}{path}", method=method,
+        data=None if body is None else json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
 
-    def call(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        request = urllib.request.Request(
-            f"https://127.0.0.1:{port}{path}", method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"content-type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, context=context, timeout=30) as response:
-                return response.status, json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
 
-    def register() -> None:
-        _, terms = call("GET", "/api/v1/terms")
-        status, body = call("POST", "/api/v1/accounts", {
+async def prepare_host(port: int) -> str:
+    """Register the host account (accepting the current terms) and log it in over the
+    server's own API; its access token."""
+    import trio
+
+    def register() -> str:
+        _, terms = api_call(port, "GET", "/api/v1/terms")
+        status, body = api_call(port, "POST", "/api/v1/accounts", {
             "name": HOST_NAME, "password": HOST_PASSWORD, "role": "host",
             "terms_version": terms["version"], "accept_terms": True})
         if status != 201:
             raise RuntimeError(f"registering the host failed: {status} {body}")
+        status, body = api_call(port, "POST", "/api/v1/auth/login",
+                                {"name": HOST_NAME, "password": HOST_PASSWORD})
+        if status != 200:
+            raise RuntimeError(f"logging the host in failed: {status} {body}")
+        return body["access_token"]
 
-    await trio.to_thread.run_sync(register)
+    return await trio.to_thread.run_sync(register)
 
 
 SERVER_OVERRIDES = {

@@ -15,6 +15,7 @@ import asyncio
 import json
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -191,29 +192,114 @@ async def _receive_browser_video(port: int, sha256: str, room_id: str, ffprobe: 
             "probe": json.loads(probe.stdout or "{}"), "probe_error": probe.stderr}
 
 
+PRODUCT_TITLE = "Trail runner 2"
+PINS_PATTERN = "/api/v1/rooms/{room_id}/pins"
+
+
+class LiveChecks(_glass.ConsoleHooks):
+    """What the test does beside the browser at each stage; runs in the browser driver's
+    thread, handing Python work back to trio with trio.from_thread.run."""
+
+    def __init__(self, app, port: int, host_token: str, ffprobe: str, scratch: Path,
+                 nursery: trio.Nursery) -> None:
+        self.app, self.port, self.host_token = app, port, host_token
+        self.ffprobe, self.scratch, self.nursery = ffprobe, scratch, nursery
+        self.sha256 = app.certificate.sha256_hex
+        self.received: dict = {}
+        self.rehearsal_refusal: int | None = None
+        self.chat_replies: tuple = ()
+        self.chat_close: tuple = ()
+        self.banned = trio.Event()
+        self.chat_rate = ""
+        self.pins_served = any(pattern == PINS_PATTERN for _, pattern, _ in app.router.route_table())
+        self.pin_outcome = ""
+
+    async def created(self, room_id: str, host) -> None:
+        def add_product() -> None:
+            status, product = _glass.api_call(self.port, "POST", "/api/v1/products", {
+                "title": PRODUCT_TITLE, "category": "footwear", "description": "Light trail shoe.",
+                "skus": [{"name": "EU 42", "price": 5999, "currency": "EUR", "stock": 100}]},
+                token=self.host_token)
+            assert status == 201, product
+            status, body = _glass.api_call(
+                self.port, "PUT", f"/api/v1/rooms/{room_id}/products/{product['id']}", {},
+                token=self.host_token)
+            assert status in (200, 201), body
+
+        await asyncio.to_thread(add_product)
+        # The console picks the product list up by itself.
+        await host.get_by_role("button", name=f"Pin: {PRODUCT_TITLE}").wait_for()
+
+    async def rehearsal(self, room_id: str, host) -> None:
+        self.rehearsal_refusal = trio.from_thread.run(self._anonymous_subscribe, room_id)
+
+    async def _anonymous_subscribe(self, room_id: str) -> int | None:
+        from shopcast.client import connect
+
+        async with connect(f"https://127.0.0.1:{self.port}/moq", certificate_sha256=self.sha256) as client:
+            with trio.fail_after(10):
+                video = await client.subscribe(room_id, "video")
+                await video.ended.wait()
+                return video.end_code
+
+    async def live(self, room_id: str, host, viewer) -> None:
+        self.received = trio.from_thread.run(
+            _receive_browser_video, self.port, self.sha256, room_id, self.ffprobe, self.scratch)
+
+        # Chat: a Python viewer speaks; the host deletes one message and bans the viewer.
+        self.chat_replies = trio.from_thread.run(self.nursery.start, self._chat_viewer, room_id)
+        first = host.locator("#chat li", has_text="first from python")
+        await first.wait_for()
+        await host.get_by_role("button", name="Delete: py-viewer: first from python").click()
+        await first.wait_for(state="detached")
+        await host.wait_for_function("Number(document.getElementById('fig-chat').textContent) >= 2")
+        self.chat_rate = await host.locator("#fig-chat").inner_text()
+        await host.get_by_role("button", name="Ban: py-viewer: second from python").click()
+        trio.from_thread.run(self._wait_banned)
+
+        # Pin through the commerce API; until that is merged the console says it is unavailable.
+        await host.get_by_role("button", name=f"Pin: {PRODUCT_TITLE}").click()
+        if self.pins_served:
+            await host.locator("#pins li", has_text=PRODUCT_TITLE).wait_for()
+            self.pin_outcome = "pinned"
+        else:
+            await host.locator("#pins-unavailable").wait_for(state="visible")
+            self.pin_outcome = "unavailable"
+
+    async def _chat_viewer(self, room_id: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from shopcast.client import connect_chat
+
+        token = self.app.tokens.mint(subject="py-viewer", role="viewer", room=room_id, ttl_s=600,
+                                     now=time.time())
+        async with connect_chat(f"https://127.0.0.1:{self.port}", room_id, token,
+                                certificate_sha256=self.sha256) as chat:
+            first = await chat.request(type="message", text="first from python")
+            second = await chat.request(type="message", text="second from python")
+            task_status.started((first, second))
+            await chat.session.wait_closed()
+            self.chat_close = (chat.session.close_code, chat.session.close_reason)
+            self.banned.set()
+
+    async def _wait_banned(self) -> None:
+        with trio.fail_after(10):
+            await self.banned.wait()
+
+
 @pytest.mark.e2e
 async def test_console_goes_live_from_fake_camera_while_others_watch(
-        server_factory, chromium, chromium_flags, web_packages, ffprobe, tmp_path):
+        server_factory, chromium, chromium_flags, web_packages, ffprobe, tmp_path, nursery):
     started = await server_factory(_glass.SERVER_OVERRIDES)
     app, port = started.app, started.port
-    await _glass.prepare_host(port)
+    host_token = await _glass.prepare_host(port)
     bundle = tmp_path / "web"
     bundle.mkdir()
     await trio.to_thread.run_sync(_glass.build_watch_bundle, Path(web_packages), bundle)
-    received: dict = {}
-
-    async def python_viewer(room_id: str) -> None:
-        received.update(await _receive_browser_video(
-            port, app.certificate.sha256_hex, room_id, ffprobe, tmp_path))
-
-    async def on_live(room_id: str) -> None:
-        # Called in the browser driver's thread: hand the check back to trio and wait.
-        trio.from_thread.run(python_viewer, room_id)
+    checks = LiveChecks(app, port, host_token, ffprobe, tmp_path, nursery)
 
     with _glass.serve_directory(bundle) as viewer_base:
         glass = await trio.to_thread.run_sync(lambda: asyncio.run(_glass.drive_console(
             chromium=chromium, flags=chromium_flags, port=port, viewer_base=viewer_base,
-            artifacts=ARTIFACTS, measure_s=5.0, on_live=on_live)))
+            artifacts=ARTIFACTS, measure_s=5.0, hooks=checks)))
 
     explain = f"{glass}\n" + "\n".join(glass.console_log[-40:])
     assert glass.room_id and glass.states == ["rehearsal", "live", "ended"], explain
@@ -222,6 +308,9 @@ async def test_console_goes_live_from_fake_camera_while_others_watch(
     assert room["keywords"] == ["camera", "latency"] and room["hashtags"] == ["live", "bench"]
     assert room["target_regions"] == ["US", "DE"] and room["orientation"] == "landscape"
     assert glass.room_id not in app.relay.broadcasts
+
+    # While rehearsing, the broadcast is private: an anonymous subscriber is refused.
+    assert checks.rehearsal_refusal == 6, checks.rehearsal_refusal  # moq-lite "unauthorized"
 
     # The host's catalog: H.264 in AVC format with its avcC, Opus.
     video = glass.catalog["video"]["renditions"]["video"]
@@ -236,12 +325,25 @@ async def test_console_goes_live_from_fake_camera_while_others_watch(
     assert glass.later_picture["hash"] != glass.first_picture["hash"], explain
 
     # The Python subscriber got the same broadcast, and ffprobe decodes it.
+    received = checks.received
     assert received["catalog"].video[0].codec == video["codec"]
     stamps = received["timestamps_us"]
     assert len(stamps) == PYTHON_FRAMES and stamps == sorted(stamps) and stamps[-1] > stamps[0]
     stream = received["probe"]["streams"][0]
     assert stream["codec_name"] == "h264" and (stream["width"], stream["height"]) == (640, 360)
     assert int(stream["nb_read_frames"]) == PYTHON_FRAMES, received["probe_error"]
+
+    # Chat moderation from the console: delete, then ban (the viewer's session is closed).
+    assert [reply["type"] for reply in checks.chat_replies] == ["ok", "ok"]
+    assert int(checks.chat_rate) >= 2
+    assert checks.chat_close[0] is not None and "banned" in checks.chat_close[1], checks.chat_close
+    chat = app.interaction.rooms[glass.room_id]
+    assert chat.is_banned("py-viewer")
+    first_id = checks.chat_replies[0]["id"]
+    assert [(entry.actor_role, entry.action, entry.target) for entry in chat.audit] == [
+        ("host", "delete", str(first_id)), ("host", "ban", "py-viewer")], chat.audit
+    assert {status for _, status in chat.transcript()} == {"deleted"}
+    assert checks.pin_outcome == ("pinned" if checks.pins_served else "unavailable")
 
     # Frames drawn by the viewer are matched to the host's capture times (no speed asserted).
     assert glass.delays_ms, explain

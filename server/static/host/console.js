@@ -281,6 +281,7 @@ async function refresh(roomId) {
     api("GET", `/api/v1/rooms/${roomId}`), api("GET", `/api/v1/rooms/${roomId}/viewers`),
     api("GET", `/api/v1/rooms/${roomId}/sales`), api("GET", `/api/v1/rooms/${roomId}/pins`)]);
   if (room.ok) renderRoom(room.data);
+  await loadProducts(roomId);
   const figures = state.figures;
   // This console's own chat-track subscription is one of the sessions the relay counts.
   const own = state.unsubscribeChat ? 1 : 0;
@@ -306,11 +307,15 @@ async function refresh(roomId) {
 
 async function loadProducts(roomId) {
   const answer = await api("GET", `/api/v1/rooms/${roomId}/products`);
+  const products = answer.ok ? answer.data.products : [];
+  // Redrawn only when the list changes, so a keyboard user's focus stays where it is.
+  const signature = JSON.stringify(products.map((p) => [p.id, p.title, p.skus]));
+  if (signature === state.productsSignature) return;
+  state.productsSignature = signature;
   const list = $("products");
   const select = $("flash-product");
   list.replaceChildren();
   select.replaceChildren();
-  const products = answer.ok ? answer.data.products : [];
   if (!products.length) {
     const li = document.createElement("li");
     li.textContent = t(lang, "no_products");
@@ -322,7 +327,9 @@ async function loadProducts(roomId) {
     button.type = "button";
     button.textContent = `${t(lang, "pin")}: ${product.title}`;
     button.addEventListener("click", () => pin({ kind: "product", product_id: product.id }));
-    li.append(`${product.title} · ${money(product.price_minor, product.currency)} `, button);
+    // The room list gives prices per SKU; a pin's product carries price_minor (CONTRACTS.md).
+    const sku = (product.skus || [])[0] || {};
+    li.append(`${product.title} · ${money(product.price_minor ?? sku.price, product.currency ?? sku.currency)} `, button);
     list.append(li);
     const option = document.createElement("option");
     option.value = product.id;
