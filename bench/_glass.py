@@ -146,6 +146,8 @@ class GlassRun:
     """Room states the console showed, in order (rehearsal, live, ended)."""
     delays_ms: list[float] = field(default_factory=list)
     """Capture-to-render delay of every frame drawn by the viewer and captured by the host."""
+    encode_ms: list[float] = field(default_factory=list)
+    """Of each, capture to the encoded frame handed to the moq-lite session (the host's part)."""
     renders: int = 0
     captures: int = 0
     publisher_stats: dict = field(default_factory=dict)
@@ -174,12 +176,14 @@ class ConsoleHooks:
 
 async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_base: str,
                         artifacts: Path, measure_s: float,
-                        hooks: "ConsoleHooks | None" = None, end_live: bool = True) -> GlassRun:
+                        hooks: "ConsoleHooks | None" = None, end_live: bool = True,
+                        viewer_latency_ms: float | None = None) -> GlassRun:
     """In one headless Chromium (asyncio; Playwright), do what a host and a viewer do.
 
     The host account ``HOST_NAME`` must exist. ``hooks`` are awaited at each stage (the
     caller's own checks run meanwhile). Returns a GlassRun; raises TimeoutError
-    (Playwright's) naming the step that hung.
+    (Playwright's) naming the step that hung. ``viewer_latency_ms`` sets the player's
+    ``latency`` attribute (its jitter buffer); None leaves @moq/watch's default.
     """
     hooks = hooks or ConsoleHooks()
     from playwright.async_api import async_playwright
@@ -250,6 +254,9 @@ async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_ba
             viewer.on("pageerror", lambda e: log.append(f"viewer pageerror: {e}"))
             await viewer.goto(f"{viewer_base}watch.html?url=http://127.0.0.1:{port}/moq&name={result.room_id}")
             await viewer.evaluate(WATCH_RENDERS)
+            if viewer_latency_ms is not None:
+                await viewer.evaluate("(ms) => document.querySelector('moq-watch')"
+                                      ".setAttribute('latency', String(ms))", viewer_latency_ms)
             started = time.monotonic()
             while time.monotonic() - started < PLAY_TIMEOUT_S:
                 sample = await viewer.evaluate(CANVAS_SAMPLE)
@@ -270,12 +277,13 @@ async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_ba
                                                          "errors: window.hostConsole.publisher.errors})")
             result.catalog = await host.evaluate("window.hostConsole.publisher.catalog")
             result.later_picture = await viewer.evaluate(CANVAS_SAMPLE)
-            capture_ms = {media_us: wall_ms for media_us, wall_ms in captures}
+            by_media_us = {media_us: (captured, sent) for media_us, captured, sent in captures}
             result.renders, result.captures = len(renders), len(captures)
             for media_ms, wall_ms in renders:
-                captured = capture_ms.get(round(media_ms * 1000))
-                if captured is not None:
-                    result.delays_ms.append(wall_ms - captured)
+                times = by_media_us.get(round(media_ms * 1000))
+                if times is not None and times[1] is not None:
+                    result.delays_ms.append(wall_ms - times[0])
+                    result.encode_ms.append(times[1] - times[0])
 
             artifacts.mkdir(parents=True, exist_ok=True)
             for name, page in (("host-console-live", host), ("host-viewer", viewer)):
@@ -372,6 +380,11 @@ def _importable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+VIEWER_VARIANTS = (("player-default", None), ("player-latency-0", 0.0))
+"""The viewer's jitter buffer: @moq/watch's default (100 ms when the connection has no RTT
+probe, as with moq-lite draft-02), and its ``latency="0"`` (no added buffer)."""
+
+
 async def _run(chromium: str, measure_s: float, progress: TextIO, config_path: str | None) -> list[Record]:
     import asyncio
 
@@ -380,12 +393,13 @@ async def _run(chromium: str, measure_s: float, progress: TextIO, config_path: s
     from shopcast.server._app import run_server
     from shopcast.server._config import load_config
 
+    runs: list[tuple[str, GlassRun]] = []
     with tempfile.TemporaryDirectory(prefix="shopcast-glass-") as scratch:
         scratch_path = Path(scratch)
         overrides = {section: dict(values) for section, values in SERVER_OVERRIDES.items()}
         overrides["server"] = {"host": "127.0.0.1", "port": 0, "data_dir": str(scratch_path / "data")}
         overrides["rtmp"] = {"port": 0}
-        overrides["log"] = {"level": "warning"}
+        overrides["log"] = {"level": "error"}
         config = load_config(config_path, environ={}, overrides=overrides)
         bundle = scratch_path / "web"
         bundle.mkdir()
@@ -396,28 +410,36 @@ async def _run(chromium: str, measure_s: float, progress: TextIO, config_path: s
                 config, shutdown=shutdown, task_status=task_status))
             try:
                 await prepare_host(started.port)
-                print(f"glass: measuring {measure_s:.0f} s of camera frames", file=progress)
                 with serve_directory(bundle) as viewer_base:
-                    glass = await trio.to_thread.run_sync(lambda: asyncio.run(drive_console(
-                        chromium=chromium, flags=STANDARD_FLAGS, port=started.port,
-                        viewer_base=viewer_base, artifacts=REPO / "test-artifacts",
-                        measure_s=measure_s)))
+                    for variant, latency_ms in VIEWER_VARIANTS:
+                        print(f"glass: {variant}: measuring {measure_s:.0f} s of camera frames",
+                              file=progress)
+                        runs.append((variant, await trio.to_thread.run_sync(
+                            lambda: asyncio.run(drive_console(
+                                chromium=chromium, flags=STANDARD_FLAGS, port=started.port,
+                                viewer_base=viewer_base, artifacts=REPO / "test-artifacts",
+                                measure_s=measure_s, viewer_latency_ms=latency_ms)))))
             finally:
                 shutdown.set()
-    if not glass.delays_ms:
-        tail = "\n".join(glass.console_log[-30:])
-        raise RuntimeError(f"glass: no frame was both captured and drawn (renders {glass.renders}, "
-                           f"captures {glass.captures}, first picture {glass.first_picture}, "
-                           f"last canvas {glass.last_sample})\n{tail}")
-    delays = glass.delays_ms
-    print(f"glass: {len(delays)} frames matched of {glass.renders} drawn; "
-          f"publisher {glass.publisher_stats}", file=progress)
-    return [
-        Record("glass", "host-browser-to-viewer-browser/p50", percentile(delays, 0.50), "ms"),
-        Record("glass", "host-browser-to-viewer-browser/p99", percentile(delays, 0.99), "ms"),
-        Record("glass", "host-browser-to-viewer-browser/max", max(delays), "ms"),
-        Record("glass", "host-browser-to-viewer-browser/frames", float(len(delays)), "frames"),
-    ]
+    records = []
+    for variant, glass in runs:
+        if not glass.delays_ms:
+            tail = "\n".join(glass.console_log[-30:])
+            raise RuntimeError(f"glass: {variant}: no frame was both captured and drawn (renders "
+                               f"{glass.renders}, captures {glass.captures}, first picture "
+                               f"{glass.first_picture}, last canvas {glass.last_sample})\n{tail}")
+        delays = glass.delays_ms
+        print(f"glass: {variant}: {len(delays)} frames matched of {glass.renders} drawn; "
+              f"publisher {glass.publisher_stats}", file=progress)
+        name = f"host-browser-to-viewer-browser/{variant}"
+        records += [
+            Record("glass", f"{name}/p50", percentile(delays, 0.50), "ms"),
+            Record("glass", f"{name}/p99", percentile(delays, 0.99), "ms"),
+            Record("glass", f"{name}/max", max(delays), "ms"),
+            Record("glass", f"{name}/capture-to-sent-p50", percentile(glass.encode_ms, 0.50), "ms"),
+            Record("glass", f"{name}/frames", float(len(delays)), "frames"),
+        ]
+    return records
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m shopcast.bench --suite glass` is the way

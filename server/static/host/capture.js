@@ -39,7 +39,8 @@ export class CameraPublisher {
     this.videoRendition = null;
     this.audioRendition = null;
     this.stats = { videoFrames: 0, videoDropped: 0, audioFrames: 0, keyframes: 0, bytes: 0 };
-    this.captures = [];   // [media_us, camera_timestamp_us, arrival_wall_ms] per encoded video frame
+    this.captures = [];   // [media_us, camera_timestamp_us, arrival_wall_ms, sent_wall_ms] per video frame
+    this.pending = new Map();   // media_us -> its captures entry, until the encoder hands the frame out
     this.latestVideoUs = null;   // media time of the newest camera frame (what the preview shows)
     this.stopped = false;
     this.errors = [];
@@ -107,8 +108,12 @@ export class CameraPublisher {
   }
 
   #logCapture(mediaUs, cameraUs, arrivalMs) {
-    this.captures.push([mediaUs, cameraUs, arrivalMs]);
-    if (this.captures.length > this.options.captureLogFrames) this.captures.splice(0, this.captures.length - this.options.captureLogFrames);
+    const entry = [mediaUs, cameraUs, arrivalMs, null];
+    this.captures.push(entry);
+    this.pending.set(mediaUs, entry);
+    if (this.captures.length > this.options.captureLogFrames) {
+      for (const [old] of this.captures.splice(0, this.captures.length - this.options.captureLogFrames)) this.pending.delete(old);
+    }
   }
 
   #videoOutput(chunk, metadata, offsetUs) {
@@ -129,7 +134,10 @@ export class CameraPublisher {
     const payload = new Uint8Array(chunk.byteLength);
     chunk.copyTo(payload);
     const keyframe = chunk.type === "key";
-    this.videoTrack.writeFrame(hangFrame(chunk.timestamp + offsetUs, payload), keyframe);
+    const mediaUs = Math.max(0, Math.round(chunk.timestamp + offsetUs));
+    this.videoTrack.writeFrame(hangFrame(mediaUs, payload), keyframe);
+    const entry = this.pending.get(mediaUs);
+    if (entry) { entry[3] = wallNowMs(); this.pending.delete(mediaUs); }
     this.stats.videoFrames += 1;
     this.stats.bytes += payload.length;
     if (keyframe) {
@@ -200,7 +208,8 @@ export class CameraPublisher {
   captureTimes() {
     let offsetMs = Infinity;
     for (const [, cameraUs, arrivalMs] of this.captures) offsetMs = Math.min(offsetMs, arrivalMs - cameraUs / 1000);
-    return this.captures.map(([mediaUs, cameraUs]) => [mediaUs, cameraUs / 1000 + offsetMs]);
+    // [media_us, captured_ms, sent_ms]: sent is when the encoded frame went to the session.
+    return this.captures.map(([mediaUs, cameraUs, , sentMs]) => [mediaUs, cameraUs / 1000 + offsetMs, sentMs]);
   }
 
   stop() {
