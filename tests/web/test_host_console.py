@@ -12,6 +12,7 @@ test-artifacts/.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import ssl
 import subprocess
@@ -64,6 +65,26 @@ async def test_console_pages_and_files_are_served(server_factory):
     for escape in ("/static/host/../_app.py", "/static/host/%2e%2e/_app.py", "/static/host/.hidden"):
         status, _, _ = await trio.to_thread.run_sync(_get, port, escape)
         assert status == 404, escape
+
+
+async def test_console_settings_come_from_the_host_console_section(server_factory):
+    started = await server_factory({**_glass.SERVER_OVERRIDES,
+                                    "host_console": {"video_bitrate_bps": 800_000, "mute_s": 120}})
+    status, headers, body = await trio.to_thread.run_sync(_get, started.port, "/host/settings.json")
+    assert status == 200 and headers["content-type"] == "application/json"
+    settings = json.loads(body)
+    assert settings == dataclasses.asdict(started.app.config.host_console)
+    assert settings["video_bitrate_bps"] == 800_000 and settings["mute_s"] == 120
+    assert settings["keyframe_interval_ms"] == 2000
+
+
+def test_a_bad_host_console_setting_names_the_key_and_the_range():
+    from shopcast.server._config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"SHOPCAST_HOST_CONSOLE__VIDEO_BITRATE_BPS": "5"})
+    assert info.value.key == "host_console.video_bitrate_bps"
+    assert "100000" in str(info.value) and "bit/s" in str(info.value)
 
 
 # Runs in the console page: the JS wire encoders against values Python checks.

@@ -13,26 +13,23 @@ const PRIORITY = { catalog: 100, audio: 80, video: 60 };
 // Codecs tried in order; AVC-format H.264 first as every viewer decodes it.
 const VIDEO_CODECS = ["avc1.42e01f", "avc1.4d401f", "avc1.640028", "vp8"];
 
-/** Defaults; the console may override them. */
-export const DEFAULTS = {
-  width: 640, height: 360, framerate: 30,
-  videoBitrate: 1_200_000, audioBitrate: 64_000,
-  keyframeIntervalUs: 2_000_000,
-  maxEncodeQueue: 3,          // frames waiting in the encoder before new ones are dropped
-  captureLogFrames: 20_000,   // video frames whose capture time is kept (ring)
-};
-
 function hex(buffer) {
   return [...new Uint8Array(buffer)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function wallNowMs() { return performance.timeOrigin + performance.now(); }
 
-/** Encodes a MediaStream into broadcast (a BroadcastProducer) until stop(). */
+/**
+ * Encodes a MediaStream into broadcast (a BroadcastProducer) until stop(). options:
+ * width, height, framerate (used when the camera does not say), videoBitrate,
+ * audioBitrate (bit/s), keyframeIntervalUs, maxEncodeQueue (frames waiting in the
+ * encoder before new ones are dropped), captureLogFrames (capture times kept): the
+ * server's [host_console] settings.
+ */
 export class CameraPublisher {
-  constructor(broadcast, options = {}) {
+  constructor(broadcast, options) {
     this.broadcast = broadcast;
-    this.options = { ...DEFAULTS, ...options };
+    this.options = options;
     this.catalogTrack = broadcast.track(CATALOG_TRACK, PRIORITY.catalog);
     this.videoTrack = broadcast.track(VIDEO_TRACK, PRIORITY.video);
     this.audioTrack = null;

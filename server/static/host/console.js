@@ -8,11 +8,10 @@ import { CameraPublisher } from "./capture.js";
 import * as msgpack from "./msgpack.js";
 
 const TOKEN_KEY = "shopcast.token";
-const POLL_MS = 2000;               // figures, pins and room state refresh
-const CHAT_RATE_WINDOW_MS = 60_000; // chat messages per minute are counted over this window
-const CHAT_SHOWN = 200;             // most chat messages kept on screen
+const CHAT_RATE_WINDOW_MS = 60_000; // "per minute" is counted over this window
 const GO_LIVE_LEAD_MS = 2000;       // "go live now" moves the start this far ahead (it must not be past)
-const MUTE_S = 600;
+// The server's [host_console] section (conf/default.toml), loaded before anything runs.
+const settings = await (await fetch("/host/settings.json")).json();
 
 const $ = (id) => document.getElementById(id);
 let lang = chooseLanguage();
@@ -207,7 +206,8 @@ $("start-camera").addEventListener("click", async () => {
   clearError();
   try {
     state.stream = await navigator.mediaDevices.getUserMedia({
-      video: { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 30 } }, audio: true });
+      video: { width: { ideal: settings.capture_width_px }, height: { ideal: settings.capture_height_px },
+               frameRate: { ideal: settings.capture_framerate_fps } }, audio: true });
   } catch (error) { return fail(error); }
   $("preview").srcObject = state.stream;
   $("publish").disabled = false;
@@ -230,7 +230,11 @@ async function startPublishing() {
   const url = new URL(new URL(publish.url).pathname, location.origin).toString();
   state.session = await MoqSession.connect(url, { token: publish.token, certificateSha256: state.server.certificate.sha256 });
   state.broadcast = state.session.publish(publish.broadcast);
-  state.publisher = new CameraPublisher(state.broadcast);
+  state.publisher = new CameraPublisher(state.broadcast, {
+    width: settings.capture_width_px, height: settings.capture_height_px,
+    framerate: settings.capture_framerate_fps, videoBitrate: settings.video_bitrate_bps,
+    audioBitrate: settings.audio_bitrate_bps, keyframeIntervalUs: settings.keyframe_interval_ms * 1000,
+    maxEncodeQueue: settings.max_encode_queue_frames, captureLogFrames: settings.capture_log_frames });
   await state.publisher.start(state.stream);
   state.session.closed.then((info) => {
     if (state.session && state.publisher && !state.publisher.stopped) {
@@ -272,7 +276,7 @@ $("end-live").addEventListener("click", () => { stopPublishing(); });
 async function poll(roomId) {
   for (;;) {
     await refresh(roomId).catch((error) => fail(error));
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    await new Promise((resolve) => setTimeout(resolve, settings.poll_interval_ms));
   }
 }
 
@@ -451,7 +455,7 @@ function addChat(message) {
   if (!message.host) {
     for (const [key, request] of [
       ["delete", { type: "delete", message_id: message.id }],
-      ["mute", { type: "mute", account: message.author, seconds: MUTE_S }],
+      ["mute", { type: "mute", account: message.author, seconds: settings.mute_s }],
       ["ban", { type: "ban", account: message.author }]]) {
       const button = document.createElement("button");
       button.type = "button";
@@ -462,7 +466,7 @@ function addChat(message) {
     }
   }
   list.append(li);
-  while (list.children.length > CHAT_SHOWN) list.firstElementChild.remove();
+  while (list.children.length > settings.chat_shown_messages) list.firstElementChild.remove();
 }
 
 // --- start -----------------------------------------------------------------------------------
