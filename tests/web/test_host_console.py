@@ -87,6 +87,17 @@ def test_a_bad_host_console_setting_names_the_key_and_the_range():
     assert "100000" in str(info.value) and "bit/s" in str(info.value)
 
 
+# Runs in the console page: every control of every view (hidden ones too) with the name a
+# screen reader announces: its label, its aria-label, or a button's text.
+UNLABELLED_CONTROLS = """() => [...document.querySelectorAll("input, select, textarea, button, video")]
+  .filter((el) => {
+    const labels = el.labels ? [...el.labels].map((l) => l.textContent.trim()).join("") : "";
+    const name = labels || (el.getAttribute("aria-label") || "").trim()
+      || (el.tagName === "BUTTON" ? el.textContent.trim() : "");
+    return !name;
+  })
+  .map((el) => el.outerHTML)"""
+
 # Runs in the console page: the JS wire encoders against values Python checks.
 JS_ENCODINGS = """async (values) => {
   const moq = await import("/static/host/moq.js");
@@ -128,6 +139,14 @@ async def test_console_login_form_errors_language_and_wire_encoders(server_facto
                 context = await browser.new_context(ignore_https_errors=True)
                 page = await context.new_page()
                 await page.goto(f"https://127.0.0.1:{port}/host")
+                await page.wait_for_selector("#login-view:not([hidden])")
+                out["unlabelled"] = await page.evaluate(UNLABELLED_CONTROLS)
+                # Keyboard only: Tab reaches the account name field.
+                for _ in range(10):
+                    await page.keyboard.press("Tab")
+                    if await page.evaluate("document.activeElement.name") == "name":
+                        break
+                out["tab_reached"] = await page.evaluate("document.activeElement.name")
                 login = page.locator("#login-form")
                 await login.get_by_label("Account name").fill(_glass.HOST_NAME)
                 await login.get_by_label("Password").fill("wrong password")
@@ -162,6 +181,8 @@ async def test_console_login_form_errors_language_and_wire_encoders(server_facto
         return out
 
     out = await trio.to_thread.run_sync(lambda: asyncio.run(drive()))
+    assert out["unlabelled"] == [], out["unlabelled"]
+    assert out["tab_reached"] == "name"
     assert out["login_error"], out
     assert "No rooms yet." in out["no_rooms"]
     # The rooms plugin's refusal reaches the host, naming the field; nothing was created.

@@ -172,7 +172,8 @@ function renderRoom(room) {
   $("room-start").dateTime = room.scheduled_start;
   $("room-start").textContent = new Date(room.scheduled_start).toLocaleString();
   const open = room.state === "scheduled" || room.state === "rehearsal";
-  $("go-live").disabled = !open || !state.broadcast;
+  // "Go live now" brings the start forward; it applies to an OBS push too (rehearsal).
+  $("go-live").disabled = !(room.state === "rehearsal" || (room.state === "scheduled" && state.broadcast));
   if (!open && room.state !== "live") {
     for (const id of ["start-camera", "publish", "go-live"]) $(id).disabled = true;
   }
