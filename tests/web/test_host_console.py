@@ -155,7 +155,7 @@ async def test_console_login_form_errors_language_and_wire_encoders(server_facto
                 out["login_error"] = await page.locator("#error").inner_text()
                 await login.get_by_label("Password").fill(_glass.HOST_PASSWORD)
                 await login.get_by_role("button", name="Log in").click()
-                await page.wait_for_selector("#rooms-view:not([hidden])")
+                await page.wait_for_selector("#rooms-view:not([hidden]) #rooms li")
                 out["no_rooms"] = await page.locator("#rooms").inner_text()
 
                 form = page.locator("#create-form")

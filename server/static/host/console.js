@@ -11,7 +11,13 @@ const TOKEN_KEY = "shopcast.token";
 const CHAT_RATE_WINDOW_MS = 60_000; // "per minute" is counted over this window
 const GO_LIVE_LEAD_MS = 2000;       // "go live now" moves the start this far ahead (it must not be past)
 // The server's [host_console] section (conf/default.toml), loaded before anything runs.
-const settings = await (await fetch("/host/settings.json")).json();
+const settings = await fetch("/host/settings.json").then((r) => {
+  if (!r.ok) throw new Error(`/host/settings.json: HTTP ${r.status}`);
+  return r.json();
+}).catch((error) => {
+  document.getElementById("error").textContent = String(error.message || error);
+  throw error;
+});
 
 const $ = (id) => document.getElementById(id);
 let lang = chooseLanguage();
@@ -247,13 +253,30 @@ async function startPublishing() {
   $("start-camera").disabled = true;
   $("end-live").disabled = false;
   renderRoom(state.room);
-  connectChat().catch((error) => { $("chat-state").textContent = String(error.message || error); });
+  ensureChat();
+}
+
+/** Join the chat once the relay has the broadcast (it subscribes to our catalog then);
+ * called again on every refresh, so a refused or dropped chat session comes back. */
+function ensureChat() {
+  if (!state.publisher || state.publisher.stopped || state.chat || state.chatConnecting) return;
+  state.chatConnecting = state.publisher.catalogTrack.subscribed
+    .then(() => connectChat())
+    .catch((error) => {
+      closeChat();
+      $("chat-state").textContent = String(error.message || error);
+    })
+    .finally(() => { state.chatConnecting = null; });
+}
+
+function closeChat() {
+  if (state.chat) { try { state.chat.transport.close(); } catch { /* closed */ } state.chat = null; }
+  if (state.unsubscribeChat) { state.unsubscribeChat(); state.unsubscribeChat = null; }
 }
 
 function stopPublishing() {
   if (state.publisher) state.publisher.stop();
-  if (state.chat) { try { state.chat.transport.close(); } catch { /* closed */ } state.chat = null; }
-  if (state.unsubscribeChat) { state.unsubscribeChat(); state.unsubscribeChat = null; }
+  closeChat();
   if (state.session) state.session.close();
   state.session = null;
   state.broadcast = null;
@@ -287,6 +310,7 @@ async function refresh(roomId) {
     api("GET", `/api/v1/rooms/${roomId}/sales`), api("GET", `/api/v1/rooms/${roomId}/pins`)]);
   if (room.ok) renderRoom(room.data);
   await loadProducts(roomId);
+  ensureChat();
   const figures = state.figures;
   // This console's own chat-track subscription is one of the sessions the relay counts.
   const own = state.unsubscribeChat ? 1 : 0;
@@ -399,6 +423,9 @@ async function connectChat() {
   const value = new Uint8Array(hash.match(/../g).map((h) => parseInt(h, 16)));
   const transport = new WebTransport(url.toString(), { serverCertificateHashes: [{ algorithm: "sha-256", value }] });
   await transport.ready;
+  transport.closed.catch(() => {}).finally(() => {
+    if (state.chat && state.chat.transport === transport) closeChat();
+  });
   const incoming = transport.incomingBidirectionalStreams.getReader();
   const { value: stream } = await incoming.read();
   const writer = stream.writable.getWriter();

@@ -163,6 +163,8 @@ export class TrackProducer {
     this.frames = [];   // the current group's frames, for subscribers that join mid-group
     this.subscribers = new Map();  // subscribe id -> {stream, group: GroupStream | null}
     this.framesWritten = 0;
+    // Resolves at the first subscription: for the catalog, when the relay has taken the broadcast.
+    this.subscribed = new Promise((resolve) => { this.resolveSubscribed = resolve; });
   }
 
   /** Append a frame; a keyframe (or the first frame) starts a new group. */
@@ -189,6 +191,7 @@ export class TrackProducer {
   addSubscriber(subscribeId, stream) {
     const sub = { stream, group: null };
     this.subscribers.set(subscribeId, sub);
+    this.resolveSubscribed();
     if (this.sequence >= 0) {
       sub.group = this.#openGroup(subscribeId);
       for (const frame of this.frames) sub.group.write(frame);
@@ -312,9 +315,12 @@ export class MoqSession {
     const suffixes = [...this.broadcasts.keys()].map((name) => stripPrefix(prefix, name)).filter((s) => s !== null);
     await writer.write(message(encodeVarint(suffixes.length), ...suffixes.map(encodeString)));
     this.interests.add(interest);
-    // The relay closes the stream when it loses interest.
-    while ((await reader.message()) !== undefined) { /* no messages are defined this way */ }
-    this.interests.delete(interest);
+    try {
+      // The relay closes (or resets) the stream when it loses interest.
+      while ((await reader.message()) !== undefined) { /* no messages are defined this way */ }
+    } finally {
+      this.interests.delete(interest);
+    }
   }
 
   async #serveSubscribe(stream, reader) {
