@@ -171,6 +171,10 @@ async def test_console_login_form_errors_language_and_wire_encoders(server_facto
                 await page.get_by_label("Language", exact=True).select_option("zh")
                 out["zh_heading"] = await page.locator("h1").inner_text()
                 out["zh_button"] = await form.locator("button[type=submit]").inner_text()
+                # The list is drawn again from data, after the change event.
+                await page.locator("#rooms li", has_text="还没有直播间。").wait_for()
+                out["zh_rooms"] = await page.locator("#rooms").inner_text()
+                out["zh_who"] = await page.locator("#who").inner_text()
                 out["lang_attr"] = await page.evaluate("document.documentElement.lang")
                 out["encodings"] = await page.evaluate(
                     JS_ENCODINGS % json.dumps(list(msgpack.packb(sample))), values)
@@ -190,6 +194,7 @@ async def test_console_login_form_errors_language_and_wire_encoders(server_facto
     assert out["region_invalid"] == "true"
     assert out["url_after_error"].endswith("/host")
     assert out["zh_heading"] == "主播控制台" and out["zh_button"] == "创建直播间"
+    assert out["zh_rooms"] == "还没有直播间。" and out["zh_who"] == f"当前账号 {_glass.HOST_NAME}"
     assert out["lang_attr"] == "zh-CN"
     encodings = out["encodings"]
     assert encodings["varints"] == [encode_varint(v).hex() for v in values]

@@ -500,12 +500,27 @@ function addChat(message) {
 // --- start -----------------------------------------------------------------------------------
 
 $("lang").value = lang;
-$("lang").addEventListener("change", () => {
+$("lang").addEventListener("change", async () => {
   lang = $("lang").value;
   localStorage.setItem("shopcast.lang", lang);
   translate(document, lang);
-  if (state.room) renderRoom(state.room);
+  clearError();
+  // Text made from data is drawn again in the new language.
+  if (state.me) renderWho(state.me);
+  if (state.room) {
+    renderRoom(state.room);
+    state.productsSignature = null;
+    await loadProducts(state.room.id);
+    $("publish-state").textContent = t(lang, state.session ? "publishing" : "not_publishing");
+    $("chat-state").textContent = t(lang, state.chat ? "chat_connected" : "chat_offline");
+  } else if (state.me && !$("rooms-view").hidden) {
+    await showRooms(state.me);
+  }
 });
+
+function renderWho(me) {
+  $("who").textContent = `${t(lang, "logged_in_as")} ${me.display_name || me.name}`;
+}
 translate(document, lang);
 
 async function route() {
@@ -513,7 +528,8 @@ async function route() {
   if (!localStorage.getItem(TOKEN_KEY)) return showLogin();
   const me = await api("GET", "/api/v1/me");
   if (!me.ok) return showLogin();
-  $("who").textContent = `${t(lang, "logged_in_as")} ${me.data.display_name || me.data.name}`;
+  state.me = me.data;
+  renderWho(me.data);
   $("logout").hidden = false;
   const match = location.pathname.match(/^\/host\/([^/]+)$/);
   if (match) await showRoom(match[1]);
