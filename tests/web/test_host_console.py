@@ -260,6 +260,7 @@ class LiveChecks(_glass.ConsoleHooks):
         self.chat_rate = ""
         self.pins_served = any(pattern == PINS_PATTERN for _, pattern, _ in app.router.route_table())
         self.pin_outcome = ""
+        self.pin_requests: list[tuple[dict, int]] = []
 
     async def created(self, room_id: str, host) -> None:
         def add_product() -> None:
@@ -304,14 +305,42 @@ class LiveChecks(_glass.ConsoleHooks):
         await host.get_by_role("button", name="Ban: py-viewer: second from python").click()
         trio.from_thread.run(self._wait_banned)
 
-        # Pin through the commerce API; until that is merged the console says it is unavailable.
-        await host.get_by_role("button", name=f"Pin: {PRODUCT_TITLE}").click()
+        # Viewers: the @moq/watch page (the Python subscribers have left; the console's own
+        # chat subscription is not counted).
+        await host.wait_for_function("document.getElementById('fig-viewers').textContent === '1'")
+
+        # Pin and flash sale through the commerce API (CONTRACTS.md); until that is merged the
+        # console says it is unavailable. The requests it sends are recorded as they leave.
+        def is_pin_post(request) -> bool:
+            return request.method == "POST" and request.url.endswith(f"/api/v1/rooms/{room_id}/pins")
+
+        async with host.expect_request(is_pin_post) as pin_request:
+            await host.get_by_role("button", name=f"Pin: {PRODUCT_TITLE}").click()
+        self.pin_requests.append((json.loads((await pin_request.value).post_data),
+                                  self._live_edge_us(room_id)))
         if self.pins_served:
             await host.locator("#pins li", has_text=PRODUCT_TITLE).wait_for()
             self.pin_outcome = "pinned"
         else:
             await host.locator("#pins-unavailable").wait_for(state="visible")
             self.pin_outcome = "unavailable"
+        flash = host.locator("#flash-form")
+        await flash.get_by_label("Product").select_option(label=PRODUCT_TITLE)
+        await flash.get_by_label("Sale price").fill("3999")
+        await flash.get_by_label("Countdown (s)").fill("15")
+        await flash.get_by_label("Duration (s)").fill("120")
+        await flash.get_by_label("Per buyer limit").fill("2")
+        await flash.get_by_label("Stock cap").fill("50")
+        async with host.expect_request(is_pin_post) as flash_request:
+            await flash.get_by_role("button", name="Start flash sale").click()
+        self.pin_requests.append((json.loads((await flash_request.value).post_data),
+                                  self._live_edge_us(room_id)))
+
+    def _live_edge_us(self, room_id: str) -> int:
+        from shopcast.server._interaction import live_edge_us
+
+        broadcast = self.app.relay.broadcasts.get(room_id)
+        return -1 if broadcast is None else live_edge_us(broadcast)
 
     async def _chat_viewer(self, room_id: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
         from shopcast.client import connect_chat
@@ -391,6 +420,16 @@ async def test_console_goes_live_from_fake_camera_while_others_watch(
         ("host", "delete", str(first_id)), ("host", "ban", "py-viewer")], chat.audit
     assert {status for _, status in chat.transcript()} == {"deleted"}
     assert checks.pin_outcome == ("pinned" if checks.pins_served else "unavailable")
+    posts = checks.pin_requests
+    assert [body["kind"] for body, _ in posts] == ["product", "flash_sale"], checks.pin_requests
+    product_id = posts[0][0]["product_id"]
+    assert posts[1][0]["product_id"] == product_id
+    assert posts[1][0]["flash_sale"] == {"price_minor": 3999, "countdown_s": 15, "duration_s": 120,
+                                         "per_buyer_limit": 2, "stock_cap": 50}
+    for body, edge in posts:
+        # The frame on the host's preview: at most a moment ahead of what the relay has
+        # (it is still being encoded), and not far behind it.
+        assert edge - 2_000_000 < body["media_us"] < edge + 500_000, (body, edge)
 
     # Frames drawn by the viewer are matched to the host's capture times (no speed asserted).
     assert glass.delays_ms, explain
