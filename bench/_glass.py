@@ -176,9 +176,11 @@ class ConsoleHooks:
 
 async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_base: str,
                         artifacts: Path, measure_s: float,
-                        hooks: "ConsoleHooks | None" = None, end_live: bool = True,
+                        hooks: "ConsoleHooks | None" = None,
                         viewer_latency_ms: float | None = None) -> GlassRun:
-    """In one headless Chromium (asyncio; Playwright), do what a host and a viewer do.
+    """In one headless Chromium (asyncio; Playwright), do what a host and a viewer do: log
+    in, create a room, publish the fake camera, rehearse, go live, watch it from a second
+    context for ``measure_s``, end the live.
 
     The host account ``HOST_NAME`` must exist. ``hooks`` are awaited at each stage (the
     caller's own checks run meanwhile). Returns a GlassRun; raises TimeoutError
@@ -292,12 +294,11 @@ async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_ba
                 result.screenshots.append(str(path))
             await viewer_context.close()
 
-            if end_live:
-                await host.get_by_role("button", name="End the live").click()
-                await wait_state("ended")
-                path = artifacts / "host-console-ended.png"
-                await host.screenshot(path=str(path), full_page=True)
-                result.screenshots.append(str(path))
+            await host.get_by_role("button", name="End the live").click()
+            await wait_state("ended")
+            path = artifacts / "host-console-ended.png"
+            await host.screenshot(path=str(path), full_page=True)
+            result.screenshots.append(str(path))
             await host_context.close()
         finally:
             await browser.close()
@@ -440,10 +441,3 @@ async def _run(chromium: str, measure_s: float, progress: TextIO, config_path: s
             Record("glass", f"{name}/frames", float(len(delays)), "frames"),
         ]
     return records
-
-
-if __name__ == "__main__":  # pragma: no cover - `python -m shopcast.bench --suite glass` is the way
-    import sys
-
-    for record in run(False, sys.stderr):
-        print(record)
