@@ -87,10 +87,10 @@ CANVAS_SAMPLE = """() => {
 
 
 def is_picture(sample: dict) -> bool:
-    """A decoded camera frame drawn, not a blank, black or one-colour canvas. (Chromium's
-    fake camera draws a green field with a moving black figure: few colours.)"""
-    return (sample.get("hash") is not None and sample.get("renders", 0) > 0
-            and sample["litFraction"] > 0.25 and sample["colours"] >= 2)
+    """A decoded camera frame drawn, not the player's black canvas. (Chromium's fake camera
+    draws a green field with a moving figure: few colours, at moments only one, so
+    pictures are told apart by their hashes changing, not by their colours.)"""
+    return sample.get("hash") is not None and sample.get("renders", 0) > 0 and sample["litFraction"] > 0.25
 
 
 def percentile(values: list[float], q: float) -> float:
