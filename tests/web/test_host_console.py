@@ -57,7 +57,7 @@ async def test_console_pages_and_files_are_served(server_factory):
     assert status == 404 and headers["content-type"] == "application/json"
     assert json.loads(body)["error"]["field"] == "room_id"
 
-    for name in ("console.js", "moq.js", "capture.js", "msgpack.js", "i18n.js"):
+    for name in ("console.js", "moq.js", "capture.js", "i18n.js"):
         status, headers, body = await trio.to_thread.run_sync(_get, port, f"/static/host/{name}")
         assert status == 200, name
         assert headers["content-type"] == "text/javascript; charset=utf-8"
@@ -101,7 +101,7 @@ UNLABELLED_CONTROLS = """() => [...document.querySelectorAll("input, select, tex
 # Runs in the console page: the JS wire encoders against values Python checks.
 JS_ENCODINGS = """async (values) => {
   const moq = await import("/static/host/moq.js");
-  const msgpack = await import("/static/host/msgpack.js");
+  const msgpack = await import("/static/lib/msgpack.js");
   const hex = (b) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
   return {
     varints: values.map((v) => hex(moq.encodeVarint(v))),

@@ -5,7 +5,7 @@
 import { chooseLanguage, t, translate } from "./i18n.js";
 import { MoqSession } from "./moq.js";
 import { CameraPublisher } from "./capture.js";
-import * as msgpack from "./msgpack.js";
+import * as msgpack from "../lib/msgpack.js";
 
 const TOKEN_KEY = "shopcast.token";
 const CHAT_RATE_WINDOW_MS = 60_000; // "per minute" is counted over this window
