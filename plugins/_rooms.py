@@ -488,6 +488,12 @@ class RoomsPlugin:
                                      "broadcast": {"type": "string"},
                                      "expires_in": {"type": "integer"}}}),
                              409: ("The room has ended.", error)})
+        api.route("POST", "/api/v1/rooms/{room_id}/end", self.end_live, name="rooms_end", tag=tag,
+                  roles=("host", "operator"),
+                  summary="End the live now (the room's owner and team, or an operator): the "
+                          "broadcast ends, viewers' streams finish, the room turns to ended.",
+                  responses={200: ("The ended room.", s["Room"]),
+                             409: ("The room has already ended.", error)})
         api.route("POST", "/api/v1/rooms/{room_id}/shutdown", self.shutdown, name="rooms_shutdown",
                   tag=tag, roles=("operator",),
                   summary="Emergency shutdown: the broadcast ends at once, viewers are "
@@ -718,6 +724,15 @@ class RoomsPlugin:
                                      else "*", ttl_s=ttl, now=time.time())
         return Response.json({"token": token, "url": f"{self._base_url()}{self.app.config.relay.path}",
                               "broadcast": room_id, "expires_in": ttl})
+
+    async def end_live(self, request, claims, body, query, room_id: str) -> Response:
+        room = await self.get(room_id)
+        if claims.role != "operator":
+            await self._team_member(room, claims)
+        if room["state"] in ("ended", "replay"):
+            raise HTTPError(409, "room_ended", "the room has already ended", "room_id")
+        await self._end(room_id, "host_ended")
+        return Response.json(await self.view(await self.get(room_id)))
 
     async def shutdown(self, request, claims, body, query, room_id: str) -> Response:
         room = await self.get(room_id)

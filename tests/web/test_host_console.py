@@ -380,7 +380,7 @@ async def test_console_goes_live_from_fake_camera_while_others_watch(
     explain = f"{glass}\n" + "\n".join(glass.console_log[-40:])
     assert glass.room_id and glass.states == ["rehearsal", "live", "ended"], explain
     room = await app.plugins.get("rooms").get(glass.room_id)
-    assert room["state"] == "ended" and room["end_reason"] == "push_stopped"
+    assert room["state"] == "ended" and room["end_reason"] == "host_ended"
     assert room["keywords"] == ["camera", "latency"] and room["hashtags"] == ["live", "bench"]
     assert room["target_regions"] == ["US", "DE"] and room["orientation"] == "landscape"
     assert glass.room_id not in app.relay.broadcasts

@@ -293,7 +293,15 @@ $("go-live").addEventListener("click", async () => {
   renderRoom(answer.data);
 });
 
-$("end-live").addEventListener("click", () => { stopPublishing(); });
+$("end-live").addEventListener("click", async () => {
+  clearError();
+  // The room ends now on the server (viewers' streams finish); then the push stops.
+  const answer = await api("POST", `/api/v1/rooms/${state.room.id}/end`);
+  stopPublishing();
+  if (!answer.ok) return fail(apiError(answer));
+  $("publish-state").textContent = t(lang, "ended_now");
+  renderRoom(answer.data);
+});
 
 // --- figures, pins, room state ---------------------------------------------------------------
 
