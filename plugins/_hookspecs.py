@@ -170,12 +170,13 @@ def shopcast_chat_author(room_id: str, subject: str, role: str) -> Any:
 
 
 @hookspec
-def shopcast_viewer_joined(room_id: str, subject: str) -> Any:
-    """A viewer's session for ``room_id`` opened (once per session)."""
+def shopcast_viewer_joined(room_id: str, subject: str, replay: bool) -> Any:
+    """A viewer's session for ``room_id`` opened (once per session);
+    ``replay`` when it watches the room's recording after the live."""
 
 
 @hookspec
-def shopcast_viewer_left(room_id: str, subject: str) -> Any:
+def shopcast_viewer_left(room_id: str, subject: str, replay: bool) -> Any:
     """That session closed."""
 
 

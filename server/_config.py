@@ -393,6 +393,34 @@ class ChatConfig:
 
 
 @dataclass(frozen=True)
+class RecordingConfig:
+    """[recording]: every live room recorded, its replay, its retention."""
+
+    enabled: bool = _spec()
+    directory: str = _spec()
+    record_demo: bool = _spec()
+    flush_interval_ms: int = _spec(min=10, max=1000, unit="ms")
+    fsync_interval_ms: int = _spec(min=10, max=1000, unit="ms")
+    max_bytes_per_room: int = _spec(min=1 << 20, max=1 << 42, unit="bytes")
+    retention_days: float = _spec(min=0.0, max=36500.0, unit="days")
+    retention_check_interval_s: float = _spec(min=1.0, max=604800.0, unit="s")
+    replay_read_ahead_ms: int = _spec(min=10, max=60_000, unit="ms")
+    max_replays: int = _spec(min=0, max=1_000_000, unit="count")
+
+
+@dataclass(frozen=True)
+class StatisticsConfig:
+    """[statistics]: the report of every live."""
+
+    view_min_s: float = _spec(min=0.0, max=3600.0, unit="s")
+    activation_s: float = _spec(min=0.0, max=3600.0, unit="s")
+    timeline_bucket_s: int = _spec(min=1, max=3600, unit="s")
+    max_timeline_buckets: int = _spec(min=1, max=100_000, unit="count")
+    max_field_chars: int = _spec(min=8, max=1024, unit="chars")
+    events_per_viewer_per_room_max: int = _spec(min=1, max=1_000_000, unit="count")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per TOML section."""
 
@@ -415,6 +443,8 @@ class Config:
     rooms: RoomsConfig
     webhooks: WebhooksConfig
     commerce: CommerceConfig
+    recording: RecordingConfig
+    statistics: StatisticsConfig
 
     @property
     def data_path(self) -> Path:

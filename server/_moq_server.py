@@ -460,6 +460,24 @@ class MoqConnection:
 
     def _on_subscribe(self, event: SubscribeRequested) -> None:
         broadcast = self.relay.broadcasts.get(event.broadcast)
+        replays = self.server.replays
+        if broadcast is None and replays is not None and self._nursery is not None:
+            # Not live: maybe an ended room's replay, once its file is indexed.
+            broadcast = replays.broadcast_for(self, event.broadcast)
+            if broadcast is None:
+                self._nursery.start_soon(self._subscribe_replay, event)
+                return
+        self._subscribe_to(event, broadcast)
+
+    async def _subscribe_replay(self, event: SubscribeRequested) -> None:
+        replays = self.server.replays
+        broadcast = None
+        if await replays.prepare(event.broadcast):
+            broadcast = replays.broadcast_for(self, event.broadcast)
+        self._subscribe_to(event, broadcast)
+        self.flush()
+
+    def _subscribe_to(self, event: SubscribeRequested, broadcast: Broadcast | None) -> None:
         if broadcast is None or event.track not in broadcast.tracks:
             self.moq.reject_subscribe(event.stream_id, ErrorCode.NOT_FOUND)
             return
@@ -600,6 +618,8 @@ class MoqConnection:
 class _NoServer:
     """A client connection's stand-in for the MoqServer: nobody counts viewers."""
 
+    replays = None
+
     def on_viewer(self, broadcast: Broadcast, joined: bool, identity: str) -> None:
         pass
 
@@ -620,6 +640,9 @@ class MoqServer:
         self.settings = settings or MoqSettings()
         self.stats = SubscriberStats()
         self.viewer_listeners: list[Callable[[Broadcast, bool, str], None]] = []
+        self.replays = None
+        """The ReplayService (server/_recording.py) that serves names not
+        live, or None: an ended room's replay is looked up there."""
 
     def disconnect_viewers(self, broadcast: Broadcast, code: int, reason: str) -> int:
         """Close the session of everyone watching ``broadcast`` (an emergency
