@@ -202,3 +202,14 @@ def shopcast_order_paid(order: dict[str, Any]) -> Any:
 @hookspec
 def shopcast_order_cancelled(order: dict[str, Any], reason: str) -> Any:
     """An order was cancelled or refunded."""
+
+
+@hookspec
+def shopcast_order_refunded(order: dict[str, Any]) -> Any:
+    """A paid order's money was given back (``order["room_id"]``,
+    ``order["id"]``, ``order["total_minor"]`` or ``order["total"]``)."""
+
+
+@hookspec
+def shopcast_order_returned(order: dict[str, Any]) -> Any:
+    """A delivered order's goods were sent back by the buyer."""

@@ -418,6 +418,7 @@ class StatisticsConfig:
     max_timeline_buckets: int = _spec(min=1, max=100_000, unit="count")
     max_field_chars: int = _spec(min=8, max=1024, unit="chars")
     events_per_viewer_per_room_max: int = _spec(min=1, max=1_000_000, unit="count")
+    chat_poll_interval_s: float = _spec(min=0.1, max=3600.0, unit="s")
 
 
 @dataclass(frozen=True)
