@@ -181,6 +181,9 @@ async def test_only_the_owner_and_operators_read_statistics_and_events_are_check
     events = f"/api/v1/rooms/{room_id}/events"
     for body, field in (({"type": "like"}, "type"), ({"type": "arrival", "source": "ads"}, "source"),
                         ({"type": "click", "pin_id": "x" * 500}, "pin_id"), ({}, "type"),
+                        ({"type": "click", "product_id": ""}, "product_id"),
+                        ({"type": "click", "replay": "yes"}, "replay"),
+                        ({"type": "click", "viewer": 7}, "viewer"),
                         ({"type": "click", "extra": 1}, "extra")):
         reply = await api.call("POST", events, body)
         assert reply.status == 400 and field in (reply.error_field or ""), (body, reply.body)
