@@ -560,6 +560,12 @@ class ReplayService:
             task_status.started()
             await trio.sleep_forever()
 
+    def has_replay(self, room_id: str) -> bool:
+        """Whether ``room_id`` has a recording and may be replayed now (for
+        Buy Now from the replay; blocking only for a stat)."""
+        path = self.recorder.path(room_id)
+        return path is not None and path.exists() and self.may_replay(room_id)
+
     async def index(self, room_id: str) -> RecordingIndex | None:
         """The index of ``room_id``'s recording (cached while the file is unchanged)."""
         path = self.recorder.path(room_id)
