@@ -54,6 +54,12 @@ class RecordingsPlugin:
         self.app, self.plugins = app, plugins
 
     @hookimpl
+    def shopcast_room_ended(self, room: dict[str, Any], reason: str) -> None:
+        # Announced as a replay from now on (if anything was recorded).
+        if self.app.recorder.path(room["id"]) is not None:
+            self.app.replays.announce(room["id"])
+
+    @hookimpl
     def shopcast_register_routes(self, api: Api) -> None:
         api.route("GET", "/api/v1/rooms/{room_id}/recording.mp4", self.download, name="recording_mp4",
                   tag="recordings", roles=("host", "operator", "service"),

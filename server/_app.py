@@ -188,7 +188,8 @@ class ServerApp:
             flush_interval_s=rec.flush_interval_ms / 1000, fsync_interval_s=rec.fsync_interval_ms / 1000,
             max_bytes_per_room=rec.max_bytes_per_room, retention_days=rec.retention_days,
             retention_check_interval_s=rec.retention_check_interval_s, record_demo=rec.record_demo,
-            replay_read_ahead_s=rec.replay_read_ahead_ms / 1000, max_replays=rec.max_replays)
+            replay_read_ahead_s=rec.replay_read_ahead_ms / 1000, max_replays=rec.max_replays,
+            max_announced=rec.max_announced_replays)
         demo_room = self.config.demo.room
         self.recorder = Recorder(self.relay, self.data_dir, settings,
                                  skip=lambda name: name == demo_room and not rec.record_demo)

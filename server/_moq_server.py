@@ -434,6 +434,12 @@ class MoqConnection:
         for broadcast in self.relay.broadcasts.values():
             if self._may_watch(broadcast):
                 self.moq.announce(broadcast.name)
+        replays = self.server.replays
+        if replays is not None:
+            for name in replays.announced_names():
+                if name not in self.relay.broadcasts:
+                    self.moq.announce(name)
+            replays.listeners.append(self._on_replay)
         # Ask the peer what it publishes: a server learns of a client's
         # broadcast this way, a client of the server's.
         assert self._nursery is not None
@@ -499,6 +505,11 @@ class MoqConnection:
         except RelayError as exc:
             self.subscriptions.pop(event.stream_id, None)
             self.moq.end_subscription(event.stream_id, exc.code)
+
+    def _on_replay(self, name: str, available: bool) -> None:
+        if self.moq.established and available and name not in self.relay.broadcasts:
+            self.moq.announce(name)
+            self.flush()
 
     def _on_broadcast(self, broadcast: Broadcast, active: bool) -> None:
         if not self.moq.established or broadcast.name in self._published:
@@ -600,6 +611,9 @@ class MoqConnection:
     def _cleanup(self) -> None:
         if self._stop_listening is not None:
             self._stop_listening()
+        replays = self.server.replays
+        if replays is not None and self._on_replay in replays.listeners:
+            replays.listeners.remove(self._on_replay)
         for broadcast in self._watching:
             if broadcast.viewers.left(self):
                 self.server.on_viewer(broadcast, False, self._identity())

@@ -83,6 +83,8 @@ class RecordingSettings:
     """Replay reads this much of the file ahead of the playhead."""
     max_replays: int = 1000
     """Replays playing at once (one per viewer session and room)."""
+    max_announced: int = 1000
+    """Replays announced to moq-lite sessions, newest first."""
 
 
 def recording_path(directory: Path, room_id: str) -> Path | None:
@@ -351,6 +353,8 @@ class Recorder:
         self.bytes_written = 0
         self.records_written = 0
         self.rooms_stopped = 0
+        self.closed_listeners: list[Callable[[str], None]] = []
+        """Called with the name of each broadcast whose recording was closed (END written)."""
         self._wake = trio.Event()
         self.flushed = trio.Event()
         """Set (and replaced) after every flush: tests wait on it."""
@@ -427,6 +431,9 @@ class Recorder:
             # batch was being written still has frames pending.
             if ended or recording.stopped:
                 self.recordings.pop(recording.broadcast, None)
+            if ended:
+                for listener in list(self.closed_listeners):
+                    listener(recording.broadcast.name)
         self.flushed.set()
         self.flushed = trio.Event()
 
@@ -552,9 +559,46 @@ class ReplayService:
         self._indexes: dict[Path, RecordingIndex] = {}
         self._nursery: trio.Nursery | None = None
         self.replays_started = 0
+        self.available: dict[str, float] = {}
+        """Rooms with a recording, and when it was last written (Unix s)."""
+        self.listeners: list[Callable[[str, bool], None]] = []
+        """Called with (name, True) when a replay becomes available: moq-lite
+        sessions announce it, so players that wait for an announcement
+        (@moq/watch by default) start it like a live broadcast."""
+        recorder.closed_listeners.append(self.announce)
+
+    def announce(self, room_id: str) -> None:
+        """``room_id``'s recording is closed (or the room ended): announce its
+        replay if it may be replayed now."""
+        path = self.recorder.path(room_id)
+        if path is None or not path.exists() or not self.may_replay(room_id):
+            return
+        self.available[room_id] = time.time()
+        while len(self.available) > self.settings.max_announced:
+            del self.available[min(self.available, key=self.available.__getitem__)]
+        for listener in list(self.listeners):
+            listener(room_id, True)
+
+    def announced_names(self) -> list[str]:
+        """The replays to announce to a new session: the newest recordings
+        that may be replayed now, at most ``max_announced``."""
+        return [name for name in self.available if self.may_replay(name)]
+
+    def _scan(self) -> dict[str, float]:
+        found = {}
+        if self.recorder.directory.is_dir():
+            for path in self.recorder.directory.glob(f"*{SUFFIX}"):
+                try:
+                    found[path.name[: -len(SUFFIX)]] = path.stat().st_mtime
+                except OSError:
+                    continue
+        newest = sorted(found, key=found.__getitem__)[-self.settings.max_announced:]
+        return {name: found[name] for name in newest}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the nursery the playbacks run in. Never returns unless cancelled."""
+        if self.settings.max_announced:
+            self.available.update(await trio.to_thread.run_sync(self._scan))
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()

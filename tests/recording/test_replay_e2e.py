@@ -105,6 +105,9 @@ async def test_replay_is_the_live_byte_for_byte_with_chat_and_pins_on_time(serve
     assert len(sent["chat_us"]) == 1 and len(sent["video"]) == 240
     async with connect(f"https://127.0.0.1:{started.port}/moq",
                        certificate_sha256=app.certificate.sha256_hex) as viewer:
+        # Announced like a live broadcast, for players that wait for that.
+        with trio.fail_after(10):
+            await viewer.wait_announced(ROOM)
         got = await _watch(viewer, ROOM, ["catalog.json", "video", "chat", "commerce"])
     catalog = json.loads(got["catalog.json"][0].payload)
     assert catalog["video"]["renditions"]["video"]["codec"].startswith("avc1.")
