@@ -199,6 +199,16 @@ class ServerApp:
                                      may_replay=self._may_replay)
         if rec.enabled:
             self.moq.replays = self.replays
+        recorder, replays = self.recorder, self.replays
+        self.metrics.gauge("shopcast_recordings_open", "Broadcasts being recorded.",
+                           callback=lambda: len(recorder.recordings))
+        self.metrics.counter_callback("shopcast_recording_bytes_total", "Bytes appended to recordings.",
+                                      callback=lambda: recorder.bytes_written)
+        self.metrics.counter_callback("shopcast_recordings_stopped_total",
+                                      "Recordings stopped by a full disk or recording.max_bytes_per_room.",
+                                      callback=lambda: recorder.rooms_stopped)
+        self.metrics.counter_callback("shopcast_replays_total", "Replay playbacks started.",
+                                      callback=lambda: replays.replays_started)
 
     def _may_replay(self, room_id: str) -> bool:
         if room_id in self.relay.broadcasts:

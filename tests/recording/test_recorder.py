@@ -140,3 +140,33 @@ def _is_idr(payload) -> bool:
             return True
         position += 4 + size
     return False
+
+
+async def test_a_rehearsal_is_recorded_only_once_public_and_the_demo_never(tmp_path, autojump_clock):
+    relay = Relay()
+    recorder = Recorder(relay, tmp_path, RecordingSettings(), skip=lambda name: name == "demo")
+    clip = load_flv_clip(DEMO.read_bytes())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(recorder.run)
+        demo = relay.publish("demo")
+        rehearsal = relay.publish("room2", private=True)
+        await play_clip(HangMuxer(rehearsal), clip, loops=1)
+        await play_clip(HangMuxer(demo), clip, loops=0.5)
+        assert recorder.recordings == {}
+        video = rehearsal.tracks["video"]
+        cached = list(video.current.frames)
+        relay.make_public(rehearsal)  # the room goes live
+        assert video.subscriber_count == 0  # a tap is not a viewer
+        await play_clip(HangMuxer(rehearsal), clip, loops=1, start_ms=clip.duration_ms)
+        rehearsal.end()
+        demo.end()
+        while recorder.recordings:
+            await recorder.flushed.wait()
+        nursery.cancel_scope.cancel()
+    assert recorder.path("demo").exists() is False
+    path = recorder.path("room2")
+    index = read_index(path)
+    frames = [p for k, t, _, p in read_records(path, index, 0, len(index.offsets)) if k == FRAME and t == "video"]
+    # From the group cached when it went public (its keyframe first), then live.
+    assert frames[: len(cached)] == cached
+    assert len(frames) == len(cached) + 120
