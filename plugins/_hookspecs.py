@@ -124,6 +124,13 @@ def shopcast_room_may_go_live(room: dict[str, Any]) -> str | None:
     None. Synchronous. A vetoed push stays a private rehearsal."""
 
 
+@hookspec(firstresult=True)
+def shopcast_room_may_record(room_id: str) -> str | None:
+    """Veto: a reason why the broadcast ``room_id`` must not be recorded (the
+    room or its platform opted out), or None. Asked once when the broadcast
+    becomes public. Synchronous."""
+
+
 @hookspec
 def shopcast_room_created(room: dict[str, Any]) -> Any:
     """A room was created, verified and scheduled."""

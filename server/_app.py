@@ -190,9 +190,7 @@ class ServerApp:
             retention_check_interval_s=rec.retention_check_interval_s, record_demo=rec.record_demo,
             replay_read_ahead_s=rec.replay_read_ahead_ms / 1000, max_replays=rec.max_replays,
             max_announced=rec.max_announced_replays)
-        demo_room = self.config.demo.room
-        self.recorder = Recorder(self.relay, self.data_dir, settings,
-                                 skip=lambda name: name == demo_room and not rec.record_demo)
+        self.recorder = Recorder(self.relay, self.data_dir, settings, skip=self._skip_recording)
         # A room is replayed once it is over: no live broadcast of its name,
         # and the rooms plugin (when loaded) does not hold it as scheduled or live.
         self.replays = ReplayService(self.recorder, self.relay.limits, settings,
@@ -209,6 +207,14 @@ class ServerApp:
                                       callback=lambda: recorder.rooms_stopped)
         self.metrics.counter_callback("shopcast_replays_total", "Replay playbacks started.",
                                       callback=lambda: replays.replays_started)
+
+    def _skip_recording(self, name: str) -> bool:
+        if name == self.config.demo.room and not self.config.recording.record_demo:
+            return True
+        reason = self.plugins.veto("shopcast_room_may_record", room_id=name)
+        if reason is not None:
+            log.info("recording_refused", room=name, reason=reason)
+        return reason is not None
 
     def _may_replay(self, room_id: str) -> bool:
         if room_id in self.relay.broadcasts:

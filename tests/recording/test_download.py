@@ -97,3 +97,28 @@ async def test_shopcast_export_writes_an_mp4_and_names_what_is_wrong(tmp_path, f
     assert missing.returncode == 1 and "no recording" in missing.stderr
     invalid = _export("../etc", str(tmp_path / "x.mp4"), "--data-dir", str(data))
     assert invalid.returncode == 2 and "invalid room id" in invalid.stderr
+
+
+class NoRecording:
+    """A platform's plugin that opts one room out of recording."""
+
+    from shopcast.plugins._hookspecs import hookimpl
+
+    @hookimpl
+    def shopcast_room_may_record(self, room_id: str) -> str | None:
+        return "the seller opted out" if room_id == "private1" else None
+
+
+async def test_a_plugin_can_opt_a_room_out_of_recording(server_factory):
+    started = await server_factory({"demo": {"enabled": False}})
+    app = started.app
+    app.plugins.register(NoRecording(), "no-recording")
+    for name in ("private1", "room9"):
+        broadcast = app.relay.publish(name)
+        broadcast.track("video").write_frame(b"\x00frame", keyframe=True)
+        broadcast.end()
+    with trio.fail_after(10):
+        while app.recorder.recordings:
+            await app.recorder.flushed.wait()
+    assert not app.recorder.path("private1").exists()
+    assert app.recorder.path("room9").exists()
