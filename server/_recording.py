@@ -277,17 +277,22 @@ class _FileWriter:
         self.base_us = base_us
         """arrival_us of the last record already in the file: where this segment begins."""
         self.tracks: dict[str, int] = {}
+        self.dirty = False
         self.last_fsync = time.monotonic()
 
     def write(self, chunks: list[bytes]) -> None:
         data = b"".join(chunks)
         self.file.write(data)
         self.size += len(data)
+        self.dirty = self.dirty or bool(data)
 
     def flush(self, fsync: bool) -> None:
+        """Hand what was written to the kernel (a SIGKILL no longer loses
+        it); with ``fsync``, to the disk too (a power cut does not)."""
         self.file.flush()
-        if fsync:
+        if fsync and self.dirty:
             os.fsync(self.file.fileno())
+            self.dirty = False
             self.last_fsync = time.monotonic()
 
     def close(self) -> None:
@@ -427,6 +432,10 @@ class Recorder:
         if batches:
             await trio.to_thread.run_sync(self._write_batches, batches, time.monotonic())
         for recording, _, ended in batches:
+            if recording.stopped:
+                self.rooms_stopped += 1
+                for track in recording.tapped:
+                    track.untap(recording.tap)
             # Only once its END is written: a broadcast that ended while this
             # batch was being written still has frames pending.
             if ended or recording.stopped:
@@ -489,10 +498,9 @@ class Recorder:
                 self._stop(recording)
 
     def _stop(self, recording: _RoomRecording) -> None:
+        """(Writer thread) give up on this recording; ``flush`` removes its
+        taps back on the event loop."""
         recording.stopped = True
-        self.rooms_stopped += 1
-        for track in recording.tapped:
-            track.untap(recording.tap)
         if recording.writer is not None:
             try:
                 recording.writer.close()

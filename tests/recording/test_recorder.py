@@ -170,3 +170,51 @@ async def test_a_rehearsal_is_recorded_only_once_public_and_the_demo_never(tmp_p
     # From the group cached when it went public (its keyframe first), then live.
     assert frames[: len(cached)] == cached
     assert len(frames) == len(cached) + 120
+
+
+async def test_a_room_past_its_size_limit_stops_recording_and_the_live_goes_on(tmp_path, autojump_clock):
+    relay = Relay()
+    limit = 200_000
+    recorder = Recorder(relay, tmp_path, RecordingSettings(max_bytes_per_room=limit))
+    seen = []
+
+    class Viewer:
+        def group_started(self, track, group): pass
+        def frame(self, track, group, payload): seen.append(payload)
+        def group_ended(self, track, group): pass
+        def track_ended(self, track): pass
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(recorder.run)
+        broadcast = relay.publish("room3")
+        muxer = HangMuxer(broadcast)
+        clip = load_flv_clip(DEMO.read_bytes())
+        await play_clip(muxer, clip, loops=0.2)
+        broadcast.tracks["video"].subscribe(Viewer())
+        await play_clip(muxer, clip, loops=2, start_ms=clip.duration_ms)
+        assert recorder.rooms_stopped == 1 and recorder.recordings == {}
+        assert broadcast.tracks["video"].subscriber_count == 1  # the viewer, still served
+        broadcast.end()
+        nursery.cancel_scope.cancel()
+    assert len(seen) > 200
+    path = recorder.path("room3")
+    assert 0 < path.stat().st_size <= limit
+    assert read_index(path).frame_count > 10  # what fit is readable
+
+
+def test_recordings_past_their_retention_are_deleted(tmp_path):
+    import os
+    import time
+
+    recorder = Recorder(Relay(), tmp_path, RecordingSettings(retention_days=30))
+    recorder.directory.mkdir()
+    old, new = recorder.path("old1"), recorder.path("new1")
+    for path in (old, new):
+        path.write_bytes(b"")
+    now = time.time()
+    os.utime(old, (now - 31 * 86400, now - 31 * 86400))
+    os.utime(new, (now - 29 * 86400, now - 29 * 86400))
+    assert recorder.delete_expired(now) == [old]
+    assert not old.exists() and new.exists()
+    keep = Recorder(Relay(), tmp_path, RecordingSettings(retention_days=0))
+    assert keep.delete_expired(now + 1e9) == [] and new.exists()
