@@ -321,6 +321,15 @@ def report_csv(report: dict[str, Any]) -> str:
     return out.getvalue()
 
 
+def _order_buyer(c: sqlite3.Connection, order_id: str) -> str:
+    """The buyer of an order from the commerce plugin's table, when the
+    hook's order does not name one ('' without that table)."""
+    if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'orders'").fetchone() is None:
+        return ""
+    row = c.execute("SELECT buyer_id FROM orders WHERE id = ?", (order_id,)).fetchone()
+    return row[0] if row else ""
+
+
 class StatisticsPlugin:
     """Counts events and serves the report; see the module docstring."""
 
@@ -390,6 +399,8 @@ class StatisticsPlugin:
         if not room_id:
             return
         buyer = order.get("buyer_id") or order.get("account_id") or order.get("buyer") or ""
+        if not buyer and order.get("id"):
+            buyer = await self.db.read(lambda c: _order_buyer(c, str(order["id"])))
         amount = order.get("total_minor", order.get("total"))
         await self.add(room_id, EventRow(self.clock(), kind, f"account:{buyer}" if buyer else "",
                                          order_id=str(order.get("id", "")),
