@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import trio
@@ -54,22 +53,36 @@ async def test_sigkill_while_recording_loses_at_most_the_last_second(tmp_path, s
         port = int(re.search(r"https://localhost:(\d+)/", banner).group(1))
         sha = re.search(r"sha256 ([0-9a-f]{64})", banner).group(1)
         video = Capture()
-        async with connect(f"https://127.0.0.1:{port}/moq", token=token, certificate_sha256=sha) as client:
+        seen: list[bytes] = []  # what a live viewer got: frames the server surely had
+        url = f"https://127.0.0.1:{port}/moq"
+        async with connect(url, token=token, certificate_sha256=sha) as client, \
+                connect(url, certificate_sha256=sha) as viewer, trio.open_nursery() as nursery:
             broadcast = client.publish(ROOM)
             client._relay.track_listeners.append(
                 lambda track: track.tap(video, from_cache=False) if track.name == "video" else None)
+
+            async def watch() -> None:
+                await viewer.wait_announced(ROOM)
+                upstream = await viewer.subscribe(ROOM, "video")
+                async for frame in upstream.frames:
+                    seen.append(frame.payload)
+
+            nursery.start_soon(watch)
             with trio.move_on_after(6):
                 await play_clip(HangMuxer(broadcast), load_flv_clip(DEMO.read_bytes()))
-            # Frames still in flight are part of the last second the kill may lose.
             sent_at_kill = list(video.frames)
+            seen_at_kill = list(seen)
             server.send_signal(signal.SIGKILL)
             await trio.to_thread.run_sync(server.wait)
+            nursery.cancel_scope.cancel()
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
         server.stdout.close()
-    killed_us = decode_frame_untrusted(sent_at_kill[-1])[0]
+    assert seen_at_kill, "the live viewer got nothing"
+    # The newest frame the server had certainly received (a viewer got it).
+    killed_us = decode_frame_untrusted(seen_at_kill[-1])[0]
     path = data / "recordings" / f"{ROOM}.rec"
     index = read_index(path)
     recorded = [p for k, t, _, p in read_records(path, index, 0, len(index.offsets))

@@ -8,14 +8,12 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
 import trio
 import trio.testing
 
 from shopcast.server._hang_mux import HangMuxer, load_flv_clip, play_clip
 from shopcast.server._recording import (
     FRAME,
-    GROUP,
     Recorder,
     RecordingSettings,
     export_mp4,
@@ -124,8 +122,6 @@ async def test_thirty_seconds_export_to_an_mp4_ffprobe_and_ffmpeg_accept(tmp_pat
 
 def _gop_s(video_ts: list[int], written) -> float:
     """The longest keyframe interval of the clip (s)."""
-    from shopcast.codecs import parse_avcc_record_untrusted  # noqa: F401 - codecs importable
-
     keys = [t for t, f in zip(video_ts, written["video"])
             if _is_idr(decode_frame_untrusted(f)[1])]
     return max(b - a for a, b in zip(keys, keys[1:])) / 1e6
