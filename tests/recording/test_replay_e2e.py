@@ -155,3 +155,21 @@ async def test_a_live_room_is_not_replayed_and_a_bad_seek_is_not_found(server_fa
             with trio.fail_after(10):
                 await upstream.ended.wait()
             assert upstream.end_code is not None and upstream.end_code != 0, name
+
+
+async def test_a_viewer_of_the_live_is_told_when_the_replay_is_there(server_factory):
+    started = await server_factory({"demo": {"enabled": False}})
+    app = started.app
+    async with connect(f"https://127.0.0.1:{started.port}/moq",
+                       certificate_sha256=app.certificate.sha256_hex) as viewer:
+        announced = viewer.connection.announced
+        broadcast = app.relay.publish("room5")  # a local publisher
+        broadcast.track("video").write_frame(encode_frame(0, b"\x00\x00\x00\x01\x65"), keyframe=True)
+        with trio.fail_after(10):
+            await viewer.wait_announced("room5")
+        broadcast.end()
+        with trio.fail_after(10):
+            while "room5" in announced:  # the live is over...
+                await trio.sleep(0.01)
+            await viewer.wait_announced("room5")  # ... and its replay is there
+        assert app.replays.announced_names() == ["room5"]
