@@ -407,6 +407,7 @@ class RecordingConfig:
     replay_read_ahead_ms: int = _spec(min=10, max=60_000, unit="ms")
     max_replays: int = _spec(min=0, max=1_000_000, unit="count")
     max_announced_replays: int = _spec(min=0, max=100_000, unit="count")
+    replay_read_threads: int = _spec(min=1, max=256, unit="count")
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,9 @@ class RecordingSettings:
     """Replays playing at once (one per viewer session and room)."""
     max_announced: int = 1000
     """Replays announced to moq-lite sessions, newest first."""
+    read_threads: int = 4
+    """Worker threads replays read files with (their own, so that many
+    replays never hold up the database's)."""
 
 
 def recording_path(directory: Path, room_id: str) -> Path | None:
@@ -567,6 +570,7 @@ class ReplayService:
         self._indexes: dict[Path, RecordingIndex] = {}
         self._nursery: trio.Nursery | None = None
         self.replays_started = 0
+        self._readers = trio.CapacityLimiter(settings.read_threads)
         self.available: dict[str, float] = {}
         """Rooms with a recording, and when it was last written (Unix s)."""
         self.listeners: list[Callable[[str, bool], None]] = []
@@ -630,7 +634,7 @@ class ReplayService:
         cached = self._indexes.get(path)
         if cached is not None and cached.size == stat.st_size and cached.mtime_ns == stat.st_mtime_ns:
             return cached
-        index = await trio.to_thread.run_sync(read_index, path)
+        index = await trio.to_thread.run_sync(read_index, path, limiter=self._readers)
         if len(self._indexes) > 64:
             self._indexes.clear()
         self._indexes[path] = index
@@ -703,7 +707,8 @@ class ReplayService:
                     last_group[index.tracks[number]] = number
             if last_group:
                 records = await trio.to_thread.run_sync(read_records, path, index,
-                                                        min(last_group.values()), first)
+                                                        min(last_group.values()), first,
+                                                        limiter=self._readers)
                 start = min(last_group.values())
                 for offset, (kind, track_name, _, payload) in enumerate(records):
                     number = start + offset
@@ -719,7 +724,8 @@ class ReplayService:
             horizon = index.arrivals[number] + ahead_us
             last = bisect.bisect_right(index.arrivals, horizon, lo=number)
             last = max(last, number + 1)
-            records = await trio.to_thread.run_sync(read_records, path, index, number, last)
+            records = await trio.to_thread.run_sync(read_records, path, index, number, last,
+                                                    limiter=self._readers)
             if not records:
                 return
             for kind, track_name, arrival_us, payload in records:
