@@ -42,6 +42,13 @@ async def may_manage_room(plugins: Any, claims: Any, room_id: str) -> None:
                     "authorization")
 
 
+def _size(path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 class RecordingsPlugin:
     """The ``GET /api/v1/rooms/{room_id}/recording.mp4`` route."""
 
@@ -67,13 +74,22 @@ class RecordingsPlugin:
                   summary="The room's recording as fragmented MP4 (H.264 + AAC); owner and operators.",
                   responses={200: ("The MP4 file.", None),
                              404: ("Nothing was recorded for this room.",
+                                   {"$ref": "#/components/schemas/Error"}),
+                             413: ("Longer than recording.max_download_bytes: use shopcast export.",
                                    {"$ref": "#/components/schemas/Error"})})
 
     async def download(self, request, claims, body, query, room_id: str) -> Response:
         await may_manage_room(self.plugins, claims, room_id)
         path = self.app.recorder.path(room_id)
-        if path is None or not await trio.to_thread.run_sync(path.exists):
+        size = await trio.to_thread.run_sync(_size, path) if path is not None else None
+        if size is None:
             raise HTTPError(404, "not_recorded", f"room {room_id} has no recording", "room_id")
+        limit = self.app.config.recording.max_download_bytes
+        if size > limit:
+            # The MP4 is made in memory; a longer live is exported on the machine.
+            raise HTTPError(413, "recording_too_large",
+                            f"the recording is {size} bytes, more than recording.max_download_bytes "
+                            f"({limit}); export it with `shopcast export {room_id} FILE.mp4`", "room_id")
 
         def export() -> bytes:
             out = io.BytesIO()

@@ -408,6 +408,7 @@ class RecordingConfig:
     max_replays: int = _spec(min=0, max=1_000_000, unit="count")
     max_announced_replays: int = _spec(min=0, max=100_000, unit="count")
     replay_read_threads: int = _spec(min=1, max=256, unit="count")
+    max_download_bytes: int = _spec(min=1024, max=1 << 40, unit="bytes")
 
 
 @dataclass(frozen=True)

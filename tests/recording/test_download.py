@@ -122,3 +122,18 @@ async def test_a_plugin_can_opt_a_room_out_of_recording(server_factory):
             await app.recorder.flushed.wait()
     assert not app.recorder.path("private1").exists()
     assert app.recorder.path("room9").exists()
+
+
+async def test_a_recording_too_large_to_download_says_to_export_it(api_server):
+    api = await api_server({"recording": {"max_download_bytes": 1024}})
+    app = api.app
+    broadcast = app.relay.publish("room9")
+    for i in range(3):
+        broadcast.track("video").write_frame(bytes(1000), keyframe=i == 0)
+    broadcast.end()
+    with trio.fail_after(10):
+        while app.recorder.recordings:
+            await app.recorder.flushed.wait()
+    reply = await api.call("GET", "/api/v1/rooms/room9/recording.mp4", token=api.service_token())
+    assert reply.status == 413 and reply.error_field == "room_id"
+    assert "shopcast export room9" in reply.body["error"]["message"]
