@@ -113,13 +113,10 @@ def _read_header(f: BinaryIO) -> tuple[int, int, int, int, int, int] | None:
     return kind, track, arrival_us, group, length, crc
 
 
-def iter_records_untrusted(f: BinaryIO, *, check: bool = True
-                           ) -> Iterator[tuple[int, int, int, int, bytes | None, int, int]]:
+def iter_records_untrusted(f: BinaryIO) -> Iterator[tuple[int, int, int, int, bytes, int, int]]:
     """(kind, track, arrival_us, group, payload, offset, length) of every
-    complete record from the file position on; stops at the first torn or
-    corrupt one. With ``check`` False, FRAME payloads are skipped (None) and
-    not verified, except the last record's, which is always read so that a
-    torn tail is found."""
+    complete record from the file position on; stops at the first record
+    that is torn (a crash while writing it) or fails its CRC."""
     size = os.fstat(f.fileno()).st_size
     while True:
         offset = f.tell()
@@ -127,18 +124,13 @@ def iter_records_untrusted(f: BinaryIO, *, check: bool = True
         if header is None:
             return
         kind, track, arrival_us, group, length, crc = header
-        end = offset + HEADER.size + length
-        if end > size:
+        if offset + HEADER.size + length > size:
             return
-        if check or kind != FRAME or end == size:
-            payload = f.read(length)
-            raw = HEADER.pack(MAGIC, kind, track, arrival_us, group, length, 0)
-            if len(payload) < length or zlib.crc32(payload, zlib.crc32(raw)) != crc:
-                return
-            yield kind, track, arrival_us, group, payload, offset, length
-        else:
-            f.seek(end)
-            yield kind, track, arrival_us, group, None, offset, length
+        payload = f.read(length)
+        raw = HEADER.pack(MAGIC, kind, track, arrival_us, group, length, 0)
+        if len(payload) < length or zlib.crc32(payload, zlib.crc32(raw)) != crc:
+            return
+        yield kind, track, arrival_us, group, payload, offset, length
 
 
 # --- the index of a recording ---------------------------------------------------------------
@@ -210,7 +202,7 @@ def read_index(path: Path) -> RecordingIndex:
             if kind == SEGMENT:
                 names = {}
             elif kind == TRACK:
-                name = (payload or b"").decode("utf-8", "replace")
+                name = payload.decode("utf-8", "replace")
                 names[track] = name
                 if name not in seen:
                     seen.add(name)
@@ -221,7 +213,7 @@ def read_index(path: Path) -> RecordingIndex:
             index.arrivals.append(arrival_us)
             index.kinds.append(kind)
             index.tracks.append(name)
-            if kind == FRAME and name == CATALOG_TRACK and payload is not None:
+            if kind == FRAME and name == CATALOG_TRACK:
                 index.catalogs.append((number, payload))
             index.end = f.tell()
         media = index.media_tracks()
@@ -778,12 +770,12 @@ def export_mp4(path: Path, out: BinaryIO) -> dict[str, Any]:
             if kind == SEGMENT:
                 names = {}
             elif kind == TRACK:
-                names[track] = (payload or b"").decode("utf-8", "replace")
+                names[track] = payload.decode("utf-8", "replace")
             elif kind == GROUP:
                 new_group[names.get(track, "")] = True
             elif kind == FRAME:
                 name = names.get(track, "")
-                if name not in wanted or payload is None:
+                if name not in wanted:
                     continue
                 try:
                     timestamp_us, body = decode_frame_untrusted(payload)
