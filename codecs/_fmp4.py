@@ -16,6 +16,9 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO, Sequence
 
+from shopcast.codecs._errors import MalformedMedia
+from shopcast.codecs._h264 import parse_avcc_record_untrusted, parse_sps_untrusted
+
 __all__ = ["FragmentedMp4Writer"]
 
 VIDEO_TIMESCALE = 90_000
@@ -224,11 +227,11 @@ class FragmentedMp4Writer:
 
 def _avcc_size(avcc: bytes) -> tuple[int, int]:
     """Width and height from the first SPS of an avcC record (0, 0 if unreadable)."""
-    from shopcast.codecs import parse_avcc_record_untrusted, parse_sps_untrusted
-
     try:
         record = parse_avcc_record_untrusted(avcc)
+        if not record.sps:
+            return 0, 0
         sps = parse_sps_untrusted(record.sps[0])
         return sps.width, sps.height
-    except Exception:  # noqa: BLE001 - an unreadable SPS: let the decoder find the size
+    except MalformedMedia:  # an unreadable SPS: the decoder finds the size itself
         return 0, 0

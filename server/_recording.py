@@ -42,7 +42,12 @@ import trio
 
 from shopcast.server._log import get_logger
 from shopcast.server._relay import Broadcast, Group, Relay, RelayLimits, Track
-from shopcast.server.moq import CATALOG_TRACK, decode_catalog_untrusted, decode_frame_untrusted
+from shopcast.server.moq import (
+    CATALOG_TRACK,
+    ProtocolViolation,
+    decode_catalog_untrusted,
+    decode_frame_untrusted,
+)
 
 __all__ = [
     "Recorder",
@@ -172,8 +177,8 @@ class RecordingIndex:
         names: set[str] = set()
         for _, payload in self.catalogs:
             try:
-                catalog = decode_catalog_untrusted(payload, max_size_bytes=1 << 20)
-            except Exception:  # noqa: BLE001 - a publisher's catalog we cannot read names nothing
+                catalog = decode_catalog_untrusted(payload, max_size_bytes=len(payload))
+            except ProtocolViolation:  # a publisher's catalog we cannot read names nothing
                 continue
             names.update(r.track for r in (*catalog.video, *catalog.audio))
         return names
@@ -190,7 +195,9 @@ class RecordingIndex:
 
 
 def read_index(path: Path) -> RecordingIndex:
-    """Scan a recording's headers (blocking; run it in a thread)."""
+    """Read a recording through once and index it (blocking; run it in a
+    thread). Catalogs were bounded by relay.max_frame_bytes when recorded,
+    so they are parsed here at their own size."""
     with open(path, "rb") as f:
         stat = os.fstat(f.fileno())
         index = RecordingIndex(path, stat.st_size, stat.st_mtime_ns)
@@ -220,10 +227,10 @@ def read_index(path: Path) -> RecordingIndex:
         videos = [n for n in index.track_names if n in media and n != CATALOG_TRACK]
         for _, payload in index.catalogs[:1]:
             try:
-                catalog = decode_catalog_untrusted(payload, max_size_bytes=1 << 20)
+                catalog = decode_catalog_untrusted(payload, max_size_bytes=len(payload))
                 if catalog.video:
                     index.video_track = catalog.video[0].track
-            except Exception:  # noqa: BLE001 - unreadable catalog: keep the default name
+            except ProtocolViolation:  # unreadable catalog: keep the default name
                 pass
         if index.video_track not in index.track_names and videos:
             index.video_track = videos[0]
@@ -756,7 +763,10 @@ def export_mp4(path: Path, out: BinaryIO) -> dict[str, Any]:
     index = read_index(path)
     if not index.catalogs:
         raise ValueError("the recording has no catalog, so no codec configuration")
-    catalog = decode_catalog_untrusted(index.catalogs[-1][1], max_size_bytes=1 << 20)
+    try:
+        catalog = decode_catalog_untrusted(index.catalogs[-1][1], max_size_bytes=len(index.catalogs[-1][1]))
+    except ProtocolViolation as exc:
+        raise ValueError(f"the recording's catalog cannot be read: {exc}") from None
     video = next((v for v in catalog.video if v.codec.startswith("avc1") and v.description), None)
     audio = next((a for a in catalog.audio if a.codec.startswith("mp4a") and a.description), None)
     if video is None and audio is None:
@@ -779,7 +789,7 @@ def export_mp4(path: Path, out: BinaryIO) -> dict[str, Any]:
                     continue
                 try:
                     timestamp_us, body = decode_frame_untrusted(payload)
-                except Exception:  # noqa: BLE001 - a frame we cannot read is left out
+                except ProtocolViolation:  # a frame we cannot read is left out
                     continue
                 if not body:
                     continue
