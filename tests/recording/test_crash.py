@@ -62,7 +62,15 @@ async def test_sigkill_while_recording_loses_at_most_the_last_second(tmp_path, s
                 lambda track: track.tap(video, from_cache=False) if track.name == "video" else None)
 
             async def watch() -> None:
+                # As a player does: the catalog first, whose tracks exist once
+                # it arrives (an announced broadcast may not have it yet).
                 await viewer.wait_announced(ROOM)
+                for _ in range(100):
+                    try:
+                        await viewer.catalog(ROOM)
+                        break
+                    except LookupError:
+                        await trio.sleep(0.05)
                 upstream = await viewer.subscribe(ROOM, "video")
                 async for frame in upstream.frames:
                     seen.append(frame.payload)
