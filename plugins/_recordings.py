@@ -50,7 +50,10 @@ def _size(path) -> int | None:
 
 
 class RecordingsPlugin:
-    """The ``GET /api/v1/rooms/{room_id}/recording.mp4`` route."""
+    """The ``GET /api/v1/rooms/{room_id}/recording.mp4`` route, and the
+    announcement of ended rooms' replays."""
+
+    requires = ("rooms",)
 
     def __init__(self) -> None:
         self.app: Any = None
@@ -59,6 +62,19 @@ class RecordingsPlugin:
     @hookimpl
     def shopcast_configure(self, app: Any, plugins: Any) -> None:
         self.app, self.plugins = app, plugins
+
+    @hookimpl
+    async def shopcast_startup(self, app: Any, nursery: Any) -> None:
+        # The replays of rooms that ended before this start are announced again.
+        recorded = await trio.to_thread.run_sync(app.replays.recorded_names)
+        if not recorded:
+            return
+        marks = ", ".join("?" * len(recorded))
+        ended = await app.db.read(lambda c: [r[0] for r in c.execute(
+            f"SELECT id FROM rooms WHERE state IN ('ended', 'replay') AND id IN ({marks})",
+            tuple(recorded))])
+        for room_id in sorted(ended, key=recorded.__getitem__):
+            app.replays.announce(room_id, recorded[room_id])
 
     @hookimpl
     def shopcast_room_ended(self, room: dict[str, Any], reason: str) -> None:

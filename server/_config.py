@@ -406,7 +406,7 @@ class RecordingConfig:
     retention_check_interval_s: float = _spec(min=1.0, max=604800.0, unit="s")
     replay_read_ahead_ms: int = _spec(min=10, max=60_000, unit="ms")
     max_replays: int = _spec(min=0, max=1_000_000, unit="count")
-    max_announced_replays: int = _spec(min=0, max=100_000, unit="count")
+    max_announced_replays: int = _spec(min=0, max=30_000, unit="count")
     replay_read_threads: int = _spec(min=1, max=256, unit="count")
     max_download_bytes: int = _spec(min=1024, max=1 << 40, unit="bytes")
 

@@ -360,8 +360,6 @@ class Recorder:
         self.bytes_written = 0
         self.records_written = 0
         self.rooms_stopped = 0
-        self.closed_listeners: list[Callable[[str], None]] = []
-        """Called with the name of each broadcast whose recording was closed (END written)."""
         self._wake = trio.Event()
         self.flushed = trio.Event()
         """Set (and replaced) after every flush: tests wait on it."""
@@ -442,9 +440,6 @@ class Recorder:
             # batch was being written still has frames pending.
             if ended or recording.stopped:
                 self.recordings.pop(recording.broadcast, None)
-            if ended:
-                for listener in list(self.closed_listeners):
-                    listener(recording.broadcast.name)
         self.flushed.set()
         self.flushed = trio.Event()
 
@@ -573,18 +568,20 @@ class ReplayService:
         self.available: dict[str, float] = {}
         """Rooms with a recording, and when it was last written (Unix s)."""
         self.listeners: list[Callable[[str, bool], None]] = []
-        """Called with (name, True) when a replay becomes available: moq-lite
+        """Called with (name, True) when a replay is announced: moq-lite
         sessions announce it, so players that wait for an announcement
-        (@moq/watch by default) start it like a live broadcast."""
-        recorder.closed_listeners.append(self.announce)
+        (@moq/watch by default) start it like a live broadcast. Only ended
+        rooms are announced (by the recordings plugin); any other recorded
+        name is replayed when subscribed to, unannounced."""
 
-    def announce(self, room_id: str) -> None:
-        """``room_id``'s recording is closed (or the room ended): announce its
-        replay if it may be replayed now."""
+    def announce(self, room_id: str, written_s: float | None = None) -> None:
+        """The room ``room_id`` has ended: announce its replay, if it has a
+        recording and may be replayed now."""
         path = self.recorder.path(room_id)
-        if path is None or not path.exists() or not self.may_replay(room_id):
+        if (path is None or not path.exists() or not self.may_replay(room_id)
+                or self.settings.max_announced == 0):
             return
-        self.available[room_id] = time.time()
+        self.available[room_id] = time.time() if written_s is None else written_s
         while len(self.available) > self.settings.max_announced:
             del self.available[min(self.available, key=self.available.__getitem__)]
         for listener in list(self.listeners):
@@ -595,7 +592,9 @@ class ReplayService:
         that may be replayed now, at most ``max_announced``."""
         return [name for name in self.available if self.may_replay(name)]
 
-    def _scan(self) -> dict[str, float]:
+    def recorded_names(self) -> dict[str, float]:
+        """Every recording in the directory and when it was last written
+        (Unix s), newest last, at most ``max_announced`` (blocking)."""
         found = {}
         if self.recorder.directory.is_dir():
             for path in self.recorder.directory.glob(f"*{SUFFIX}"):
@@ -603,13 +602,12 @@ class ReplayService:
                     found[path.name[: -len(SUFFIX)]] = path.stat().st_mtime
                 except OSError:
                     continue
-        newest = sorted(found, key=found.__getitem__)[-self.settings.max_announced:]
+        newest = sorted(found, key=found.__getitem__)[-self.settings.max_announced:] \
+            if self.settings.max_announced else []
         return {name: found[name] for name in newest}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the nursery the playbacks run in. Never returns unless cancelled."""
-        if self.settings.max_announced:
-            self.available.update(await trio.to_thread.run_sync(self._scan))
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()

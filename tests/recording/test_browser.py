@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from shopcast.client import connect
+from shopcast.server._hang_mux import HangMuxer, load_flv_clip, play_clip
 from shopcast.server._recording import export_mp4
 
 DEMO = Path(__file__).parents[2] / "server" / "media" / "demo.flv"
@@ -57,24 +58,36 @@ async def _record(started, loops: int) -> None:
 
 @pytest.mark.e2e
 async def test_moq_watch_plays_the_replay_of_an_ended_room(
-        server_factory, chromium, chromium_flags, web_packages, directory_server, tmp_path,
+        api_server, clock, rooms_api, chromium, chromium_flags, web_packages, directory_server, tmp_path,
         moq_watch_helpers):
-    started = await server_factory({"demo": {"enabled": False}})
-    await _record(started, loops=4)  # about 16 s
-    assert ROOM not in started.app.relay.broadcasts  # over: what plays is the replay
+    api = await api_server({"rooms": {"push_lost_end_after_s": 0.0}})
+    app = api.app
+    rooms = app.plugins.get("rooms")
+    rooms.clock = clock
+    host = await api.user("hana", "host", display_name="Hana")
+    body = rooms_api.room_body(scheduled_start=rooms_api.iso(clock.now + 3600))
+    room_id = (await api.call("POST", "/api/v1/rooms", body, token=host)).body["room"]["id"]
+    clock.now = rooms._cache[room_id]["scheduled_start"] + 1
+    broadcast = app.relay.publish(room_id)  # a local publisher, as the demo room is
+    with trio.fail_after(10):
+        await rooms.wait_for_state(room_id, "live")
+    await play_clip(HangMuxer(broadcast), load_flv_clip(DEMO.read_bytes()), loops=4)  # about 16 s
+    broadcast.end()
+    with trio.fail_after(10):
+        await rooms.wait_for_state(room_id, "ended")  # over: what plays is the replay
     bundle = tmp_path / "web"
     bundle.mkdir()
     helpers = moq_watch_helpers
     await trio.to_thread.run_sync(helpers.build_bundle, web_packages, bundle)
     with directory_server(bundle) as page_url:
         records = await trio.to_thread.run_sync(
-            helpers.watch_rooms, chromium, chromium_flags, page_url, started.port, [ROOM])
-    record = records[ROOM]
+            helpers.watch_rooms, chromium, chromium_flags, page_url, api.port, [room_id])
+    record = records[room_id]
     assert record.get("first") is not None, helpers._explain(record)
     first, later = record["first"], record["later"]
     assert helpers._is_picture(later) and later["hash"] != first["hash"], helpers._explain(record)
     assert later["frameTimestampMs"] > first["frameTimestampMs"], helpers._explain(record)
-    assert started.app.replays.replays_started >= 1
+    assert app.replays.replays_started >= 1
 
 
 @pytest.mark.e2e

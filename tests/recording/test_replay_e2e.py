@@ -105,9 +105,6 @@ async def test_replay_is_the_live_byte_for_byte_with_chat_and_pins_on_time(serve
     assert len(sent["chat_us"]) == 1 and len(sent["video"]) == 240
     async with connect(f"https://127.0.0.1:{started.port}/moq",
                        certificate_sha256=app.certificate.sha256_hex) as viewer:
-        # Announced like a live broadcast, for players that wait for that.
-        with trio.fail_after(10):
-            await viewer.wait_announced(ROOM)
         got = await _watch(viewer, ROOM, ["catalog.json", "video", "chat", "commerce"])
     catalog = json.loads(got["catalog.json"][0].payload)
     assert catalog["video"]["renditions"]["video"]["codec"].startswith("avc1.")
@@ -157,10 +154,18 @@ async def test_a_live_room_is_not_replayed_and_a_bad_seek_is_not_found(server_fa
             assert upstream.end_code is not None and upstream.end_code != 0, name
 
 
-async def test_a_viewer_of_the_live_is_told_when_the_replay_is_there(server_factory):
-    started = await server_factory({"demo": {"enabled": False}})
-    app = started.app
-    async with connect(f"https://127.0.0.1:{started.port}/moq",
+async def test_viewers_are_told_when_an_ended_rooms_replay_is_there(api_server, clock, rooms_api,
+                                                                   tmp_path):
+    data = str(tmp_path / "shared")
+    api = await api_server({"rooms": {"push_lost_end_after_s": 0.0}, "server": {"data_dir": data}})
+    app = api.app
+    rooms = app.plugins.get("rooms")
+    rooms.clock = clock
+    host = await api.user("hana", "host", display_name="Hana")
+    body = rooms_api.room_body(scheduled_start=rooms_api.iso(clock.now + 3600))
+    room_id = (await api.call("POST", "/api/v1/rooms", body, token=host)).body["room"]["id"]
+    clock.now = rooms._cache[room_id]["scheduled_start"] + 1
+    async with connect(f"https://127.0.0.1:{api.port}/moq",
                        certificate_sha256=app.certificate.sha256_hex) as viewer:
         # Every announcement as it arrives: the end of the live and the
         # replay's announcement can follow each other within a millisecond.
@@ -175,14 +180,32 @@ async def test_a_viewer_of_the_live_is_told_when_the_replay_is_there(server_fact
             on_announced(event)
 
         connection._on_announced = record
-        broadcast = app.relay.publish("room5")  # a local publisher
+        broadcast = app.relay.publish(room_id)  # a local publisher
+        with trio.fail_after(10):
+            await rooms.wait_for_state(room_id, "live")
         broadcast.track("video").write_frame(encode_frame(0, b"\x00\x00\x00\x01\x65"), keyframe=True)
         with trio.fail_after(10):
-            await viewer.wait_announced("room5")
+            await viewer.wait_announced(room_id)
         broadcast.end()
         with trio.fail_after(10):
-            while heard.count(("room5", True)) < 2:
+            while heard.count((room_id, True)) < 2:
                 await changed.wait()
                 changed = trio.Event()
-        assert heard == [("room5", True), ("room5", False), ("room5", True)]
-        assert app.replays.announced_names() == ["room5"]
+        assert heard == [(room_id, True), (room_id, False), (room_id, True)]
+        assert app.replays.announced_names() == [room_id]
+    # A broadcast that is no room is not announced once over (a platform's
+    # own name): subscribing to it still replays it.
+    other = app.relay.publish("room5")
+    other.track("video").write_frame(encode_frame(0, b"\x00\x00\x00\x01\x65"), keyframe=True)
+    other.end()
+    with trio.fail_after(10):
+        while app.recorder.recordings:
+            await app.recorder.flushed.wait()
+    assert app.replays.announced_names() == [room_id]
+    # After a restart the ended room's replay is announced again.
+    started = await api_server({"server": {"data_dir": data}})
+    async with connect(f"https://127.0.0.1:{started.port}/moq",
+                       certificate_sha256=started.app.certificate.sha256_hex) as viewer:
+        with trio.fail_after(10):
+            await viewer.wait_announced(room_id)
+        assert "room5" not in viewer.connection.announced
