@@ -163,6 +163,9 @@ class RecordingIndex:
     """Record numbers of the video track's GROUP records: where a replay can start."""
     end: int = 0
     """The offset just past the last complete record."""
+    first_media_us: int | None = None
+    """The hang timestamp of the first video frame: a page converts a media
+    timestamp to a seek offset (``ROOM/replay@START_US``) with it."""
 
     @property
     def duration_us(self) -> int:
@@ -203,6 +206,7 @@ def read_index(path: Path) -> RecordingIndex:
         index = RecordingIndex(path, stat.st_size, stat.st_mtime_ns)
         names: dict[int, str] = {}
         seen: set[str] = set()
+        first_us: dict[str, int] = {}
         # Every payload is checked (the whole file is read once; the index is
         # cached): a replay never sends a damaged frame.
         for kind, track, arrival_us, group, payload, offset, length in iter_records_untrusted(f):
@@ -222,6 +226,11 @@ def read_index(path: Path) -> RecordingIndex:
             index.tracks.append(name)
             if kind == FRAME and name == CATALOG_TRACK:
                 index.catalogs.append((number, payload))
+            elif kind == FRAME and name not in first_us and payload:
+                try:
+                    first_us[name] = decode_frame_untrusted(payload)[0]
+                except ProtocolViolation:
+                    pass
             index.end = f.tell()
         media = index.media_tracks()
         videos = [n for n in index.track_names if n in media and n != CATALOG_TRACK]
@@ -236,6 +245,7 @@ def read_index(path: Path) -> RecordingIndex:
             index.video_track = videos[0]
         index.seek_points = [i for i, (k, t) in enumerate(zip(index.kinds, index.tracks))
                              if k == GROUP and t == index.video_track]
+        index.first_media_us = first_us.get(index.video_track)
     return index
 
 
@@ -545,6 +555,8 @@ def _with_replay_field(payload: bytes, index: RecordingIndex) -> bytes:
     if not isinstance(root, dict):
         return payload
     root["replay"] = {"duration_us": index.duration_us, "groups": len(index.seek_points)}
+    if index.first_media_us is not None:
+        root["replay"]["first_media_us"] = index.first_media_us
     return json.dumps(root, separators=(",", ":")).encode("utf-8")
 
 

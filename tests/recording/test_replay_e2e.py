@@ -110,6 +110,7 @@ async def test_replay_is_the_live_byte_for_byte_with_chat_and_pins_on_time(serve
     assert catalog["video"]["renditions"]["video"]["codec"].startswith("avc1.")
     assert catalog["replay"]["groups"] == 8  # a keyframe every second
     assert 7.5e6 < catalog["replay"]["duration_us"] < 9.5e6
+    assert catalog["replay"]["first_media_us"] == decode_frame_untrusted(sent["video"][0])[0]
     # Every video frame, in order, byte for byte.
     assert [f.payload for f in got["video"]] == sent["video"]
     # The chat message and the pin arrive when the video is where it was live.
