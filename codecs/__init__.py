@@ -16,6 +16,7 @@ from shopcast.codecs._aac import (
 )
 from shopcast.codecs._config import MediaConfig
 from shopcast.codecs._errors import MalformedMedia, UnsupportedMedia
+from shopcast.codecs._fmp4 import FragmentedMp4Writer
 from shopcast.codecs._flv import (
     AacPacketType,
     AvcPacketType,
@@ -62,6 +63,7 @@ from shopcast.codecs._packetizer import (
 )
 
 __all__ = [
+    "FragmentedMp4Writer",
     "HEADER_BYTES",
     "AacPacketType",
     "AdtsFrame",

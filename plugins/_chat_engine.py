@@ -298,6 +298,8 @@ class ChatRoom:
         self._muted_until: dict[str, float] = {}
         self._banned: set[str] = set()
         self._reactions: dict[str, int] = {}
+        self.reactions_total: dict[str, int] = {}
+        """Reactions counted since the room began, by kind (for statistics)."""
         self._last_reactions_s = float("-inf")
         self._last_tick_s = float("-inf")
 
@@ -373,6 +375,7 @@ class ChatRoom:
         if author.account_id in self._banned:
             raise ChatError("banned", "you are banned from this room", "account")
         self._reactions[kind] = self._reactions.get(kind, 0) + 1
+        self.reactions_total[kind] = self.reactions_total.get(kind, 0) + 1
 
     def history(self) -> list[ChatMessage]:
         """The last messages still visible, oldest first, for a joining viewer."""

@@ -124,6 +124,13 @@ def shopcast_room_may_go_live(room: dict[str, Any]) -> str | None:
     None. Synchronous. A vetoed push stays a private rehearsal."""
 
 
+@hookspec(firstresult=True)
+def shopcast_room_may_record(room_id: str) -> str | None:
+    """Veto: a reason why the broadcast ``room_id`` must not be recorded (the
+    room or its platform opted out), or None. Asked once when the broadcast
+    becomes public. Synchronous."""
+
+
 @hookspec
 def shopcast_room_created(room: dict[str, Any]) -> Any:
     """A room was created, verified and scheduled."""
@@ -170,12 +177,13 @@ def shopcast_chat_author(room_id: str, subject: str, role: str) -> Any:
 
 
 @hookspec
-def shopcast_viewer_joined(room_id: str, subject: str) -> Any:
-    """A viewer's session for ``room_id`` opened (once per session)."""
+def shopcast_viewer_joined(room_id: str, subject: str, replay: bool) -> Any:
+    """A viewer's session for ``room_id`` opened (once per session);
+    ``replay`` when it watches the room's recording after the live."""
 
 
 @hookspec
-def shopcast_viewer_left(room_id: str, subject: str) -> Any:
+def shopcast_viewer_left(room_id: str, subject: str, replay: bool) -> Any:
     """That session closed."""
 
 
@@ -201,3 +209,14 @@ def shopcast_order_paid(order: dict[str, Any]) -> Any:
 @hookspec
 def shopcast_order_cancelled(order: dict[str, Any], reason: str) -> Any:
     """An order was cancelled or refunded."""
+
+
+@hookspec
+def shopcast_order_refunded(order: dict[str, Any]) -> Any:
+    """A paid order's money was given back (``order["room_id"]``,
+    ``order["id"]``, ``order["total_minor"]`` or ``order["total"]``)."""
+
+
+@hookspec
+def shopcast_order_returned(order: dict[str, Any]) -> Any:
+    """A delivered order's goods were sent back by the buyer."""

@@ -972,6 +972,11 @@ class RoomsPlugin:
             except Exception:
                 log.error("room_tick_failed", exc_info=True)
 
+    def is_over(self, room_id: str) -> bool:
+        """Whether ``room_id`` is not scheduled, in rehearsal or live (it has
+        ended, or is no room of ours): its recording may be replayed."""
+        return room_id not in self._cache
+
     async def wait_for_state(self, room_id: str, state: str) -> None:
         """Return once the room is in ``state`` (tests and embedders)."""
         async with self._changed:

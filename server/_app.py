@@ -32,6 +32,7 @@ from shopcast.plugins._chat_engine import Role as ChatRole
 from shopcast.server._hang_mux import HangMuxer, load_flv_clip, play_clip
 from shopcast.server._interaction import InteractionService, InteractionSettings
 from shopcast.server._moq_server import MoqServer, MoqSettings
+from shopcast.server._recording import Recorder, RecordingSettings, ReplayService
 from shopcast.server._quic import (
     H3Request,
     H3Response,
@@ -156,6 +157,7 @@ class ServerApp:
         # Datagram mode (server/_datagram.py): its own path, beside moq-lite.
         self.datagram = DatagramServer(self.relay, config.datagram, config.media)
         self.quic.session_handlers[config.datagram.path] = self.datagram.handle_session
+        self._init_recording()
         self.port = config.server.port
         self.public_host = (config.server.public_names or ("localhost",))[0]
         self.stop_accepting = trio.Event()
@@ -180,6 +182,51 @@ class ServerApp:
         self.db = Database.in_data_dir(self.data_dir, busy_timeout_s=config.storage.busy_timeout_s,
                                        synchronous=config.storage.synchronous)
         self.api = Api(self.router, self.tokens)
+
+    def _init_recording(self) -> None:
+        """The recorder of every live room and the replay of ended ones
+        (server/_recording.py); started after the plugins in run_server."""
+        rec = self.config.recording
+        settings = RecordingSettings(
+            enabled=rec.enabled, directory=rec.directory,
+            flush_interval_s=rec.flush_interval_ms / 1000, fsync_interval_s=rec.fsync_interval_ms / 1000,
+            max_bytes_per_room=rec.max_bytes_per_room, retention_days=rec.retention_days,
+            retention_check_interval_s=rec.retention_check_interval_s, record_demo=rec.record_demo,
+            replay_read_ahead_s=rec.replay_read_ahead_ms / 1000, max_replays=rec.max_replays,
+            max_announced=rec.max_announced_replays, read_threads=rec.replay_read_threads)
+        self.recorder = Recorder(self.relay, self.data_dir, settings, skip=self._skip_recording)
+        # A room is replayed once it is over: no live broadcast of its name,
+        # and the rooms plugin (when loaded) does not hold it as scheduled or live.
+        self.replays = ReplayService(self.recorder, self.relay.limits, settings,
+                                     may_replay=self._may_replay)
+        if rec.enabled:
+            self.moq.replays = self.replays
+        recorder, replays = self.recorder, self.replays
+        self.metrics.gauge("shopcast_recordings_open", "Broadcasts being recorded.",
+                           callback=lambda: len(recorder.recordings))
+        self.metrics.counter_callback("shopcast_recording_bytes_total", "Bytes appended to recordings.",
+                                      callback=lambda: recorder.bytes_written)
+        self.metrics.counter_callback("shopcast_recordings_stopped_total",
+                                      "Recordings stopped by a full disk or recording.max_bytes_per_room.",
+                                      callback=lambda: recorder.rooms_stopped)
+        self.metrics.counter_callback("shopcast_replays_total", "Replay playbacks started.",
+                                      callback=lambda: replays.replays_started)
+
+    def _skip_recording(self, name: str) -> bool:
+        if name == self.config.demo.room and not self.config.recording.record_demo:
+            return True
+        reason = self.plugins.veto("shopcast_room_may_record", room_id=name)
+        if reason is not None:
+            log.info("recording_refused", room=name, reason=reason)
+        return reason is not None
+
+    def _may_replay(self, room_id: str) -> bool:
+        if room_id in self.relay.broadcasts:
+            return False
+        rooms = self.plugins.get("rooms") if hasattr(self, "plugins") else None
+        if rooms is not None and hasattr(rooms, "is_over"):
+            return rooms.is_over(room_id)
+        return True
 
     @property
     def rtmp_port(self) -> int:
@@ -354,10 +401,12 @@ class ServerApp:
         await plugins.collect("shopcast_startup", app=self, nursery=nursery)
 
         def viewer_changed(broadcast, joined: bool, identity: str) -> None:
-            # Once per viewer session and room, never per packet.
+            # Once per viewer session and room, never per packet. A replay's
+            # viewers are the room's, flagged as replay.
             hook = "shopcast_viewer_joined" if joined else "shopcast_viewer_left"
-            nursery.start_soon(functools.partial(plugins.notify, hook, room_id=broadcast.name,
-                                                 subject=identity))
+            replay_of = getattr(broadcast, "replay_of", None)
+            nursery.start_soon(functools.partial(plugins.notify, hook, room_id=replay_of or broadcast.name,
+                                                 subject=identity, replay=replay_of is not None))
 
         self.moq.viewer_listeners.append(viewer_changed)
 
@@ -427,6 +476,9 @@ async def run_server(config: Config, *, shutdown: trio.Event | None = None,
     shutdown = shutdown if shutdown is not None else trio.Event()
     async with trio.open_nursery() as nursery:
         await app.start_plugins(nursery)
+        if config.recording.enabled:
+            await nursery.start(app.recorder.run)
+            await nursery.start(app.replays.run)
         await nursery.start(app.quic.serve, sockets)
         https_done = trio.Event()
 

@@ -1,4 +1,4 @@
-"""The ``shopcast`` command line: serve, config, cert, token, push-url, bench.
+"""The ``shopcast`` command line: serve, config, cert, token, push-url, export, bench.
 
 Exit status: 0 on success, 2 for a configuration or usage error (the message
 names the key or flag), 1 for anything else that stops a command.
@@ -84,6 +84,14 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_flags(operator, network=False)
     operator.add_argument("action", choices=("create",), help="what to do")
     operator.add_argument("name", metavar="NAME", help="the operator's account name")
+
+    export = commands.add_parser(
+        "export", help="write a room's recording as fragmented MP4",
+        description="Write the recording of ROOM (in the data directory) as a fragmented MP4 "
+                    "(H.264 + AAC) that ffmpeg, ffprobe and browsers play.")
+    _add_config_flags(export, network=False)
+    export.add_argument("room", metavar="ROOM", help="the room id")
+    export.add_argument("file", metavar="FILE.mp4", help="where to write the MP4 ('-' for stdout)")
 
     bench = commands.add_parser("bench", help="run the benchmark suite", add_help=False,
                                 description="Run the benchmark suite (see `shopcast bench --help`).")
@@ -248,6 +256,30 @@ def _cmd_operator(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(config: Config, args: argparse.Namespace) -> int:
+    from shopcast.server._recording import export_mp4, recording_path
+
+    path = recording_path(config.data_path / config.recording.directory, args.room)
+    if path is None:
+        print(f"shopcast export: invalid room id {args.room!r}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not path.exists():
+        print(f"shopcast export: room {args.room} has no recording in {path.parent}", file=sys.stderr)
+        return 1
+    try:
+        if args.file == "-":
+            summary = export_mp4(path, sys.stdout.buffer)
+        else:
+            with open(args.file, "wb") as out:
+                summary = export_mp4(path, out)
+    except (ValueError, OSError) as exc:
+        print(f"shopcast export: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.file}: {summary['duration_s']:.3f} s, {summary['video_samples']} video and "
+          f"{summary['audio_samples']} audio samples in {summary['fragments']} fragments", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``shopcast`` console script."""
     parser = _build_parser()
@@ -273,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_cert(config)
     if args.command == "push-url":
         return _cmd_push_url(config, args)
+    if args.command == "export":
+        return _cmd_export(config, args)
     return _cmd_token(config, args)
 
 

@@ -417,6 +417,35 @@ class HostConsoleConfig:
     poll_interval_ms: int = _spec(min=250, max=60_000, unit="ms")
     chat_shown_messages: int = _spec(min=10, max=10_000, unit="count")
     mute_s: int = _spec(min=1, max=86_400, unit="s")
+class RecordingConfig:
+    """[recording]: every live room recorded, its replay, its retention."""
+
+    enabled: bool = _spec()
+    directory: str = _spec()
+    record_demo: bool = _spec()
+    flush_interval_ms: int = _spec(min=10, max=1000, unit="ms")
+    fsync_interval_ms: int = _spec(min=10, max=1000, unit="ms")
+    max_bytes_per_room: int = _spec(min=1 << 20, max=1 << 42, unit="bytes")
+    retention_days: float = _spec(min=0.0, max=36500.0, unit="days")
+    retention_check_interval_s: float = _spec(min=1.0, max=604800.0, unit="s")
+    replay_read_ahead_ms: int = _spec(min=10, max=60_000, unit="ms")
+    max_replays: int = _spec(min=0, max=1_000_000, unit="count")
+    max_announced_replays: int = _spec(min=0, max=30_000, unit="count")
+    replay_read_threads: int = _spec(min=1, max=256, unit="count")
+    max_download_bytes: int = _spec(min=1024, max=1 << 40, unit="bytes")
+
+
+@dataclass(frozen=True)
+class StatisticsConfig:
+    """[statistics]: the report of every live."""
+
+    view_min_s: float = _spec(min=0.0, max=3600.0, unit="s")
+    activation_s: float = _spec(min=0.0, max=3600.0, unit="s")
+    timeline_bucket_s: int = _spec(min=1, max=3600, unit="s")
+    max_timeline_buckets: int = _spec(min=1, max=100_000, unit="count")
+    max_field_chars: int = _spec(min=8, max=1024, unit="chars")
+    events_per_viewer_per_room_max: int = _spec(min=1, max=1_000_000, unit="count")
+    chat_poll_interval_s: float = _spec(min=0.1, max=3600.0, unit="s")
 
 
 @dataclass(frozen=True)
@@ -444,6 +473,8 @@ class Config:
     webhooks: WebhooksConfig
     commerce: CommerceConfig
     host_console: HostConsoleConfig
+    recording: RecordingConfig
+    statistics: StatisticsConfig
 
     @property
     def data_path(self) -> Path:

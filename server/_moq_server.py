@@ -434,6 +434,12 @@ class MoqConnection:
         for broadcast in self.relay.broadcasts.values():
             if self._may_watch(broadcast):
                 self.moq.announce(broadcast.name)
+        replays = self.server.replays
+        if replays is not None:
+            for name in replays.announced_names():
+                if name not in self.relay.broadcasts:
+                    self.moq.announce(name)
+            replays.listeners.append(self._on_replay)
         # Ask the peer what it publishes: a server learns of a client's
         # broadcast this way, a client of the server's.
         assert self._nursery is not None
@@ -460,6 +466,24 @@ class MoqConnection:
 
     def _on_subscribe(self, event: SubscribeRequested) -> None:
         broadcast = self.relay.broadcasts.get(event.broadcast)
+        replays = self.server.replays
+        if broadcast is None and replays is not None and self._nursery is not None:
+            # Not live: maybe an ended room's replay, once its file is indexed.
+            broadcast = replays.broadcast_for(self, event.broadcast)
+            if broadcast is None:
+                self._nursery.start_soon(self._subscribe_replay, event)
+                return
+        self._subscribe_to(event, broadcast)
+
+    async def _subscribe_replay(self, event: SubscribeRequested) -> None:
+        replays = self.server.replays
+        broadcast = None
+        if await replays.prepare(event.broadcast):
+            broadcast = replays.broadcast_for(self, event.broadcast)
+        self._subscribe_to(event, broadcast)
+        self.flush()
+
+    def _subscribe_to(self, event: SubscribeRequested, broadcast: Broadcast | None) -> None:
         if broadcast is None or event.track not in broadcast.tracks:
             self.moq.reject_subscribe(event.stream_id, ErrorCode.NOT_FOUND)
             return
@@ -481,6 +505,11 @@ class MoqConnection:
         except RelayError as exc:
             self.subscriptions.pop(event.stream_id, None)
             self.moq.end_subscription(event.stream_id, exc.code)
+
+    def _on_replay(self, name: str, available: bool) -> None:
+        if self.moq.established and available and name not in self.relay.broadcasts:
+            self.moq.announce(name)
+            self.flush()
 
     def _on_broadcast(self, broadcast: Broadcast, active: bool) -> None:
         if not self.moq.established or broadcast.name in self._published:
@@ -582,6 +611,9 @@ class MoqConnection:
     def _cleanup(self) -> None:
         if self._stop_listening is not None:
             self._stop_listening()
+        replays = self.server.replays
+        if replays is not None and self._on_replay in replays.listeners:
+            replays.listeners.remove(self._on_replay)
         for broadcast in self._watching:
             if broadcast.viewers.left(self):
                 self.server.on_viewer(broadcast, False, self._identity())
@@ -599,6 +631,8 @@ class MoqConnection:
 
 class _NoServer:
     """A client connection's stand-in for the MoqServer: nobody counts viewers."""
+
+    replays = None
 
     def on_viewer(self, broadcast: Broadcast, joined: bool, identity: str) -> None:
         pass
@@ -620,6 +654,9 @@ class MoqServer:
         self.settings = settings or MoqSettings()
         self.stats = SubscriberStats()
         self.viewer_listeners: list[Callable[[Broadcast, bool, str], None]] = []
+        self.replays = None
+        """The ReplayService (server/_recording.py) that serves names not
+        live, or None: an ended room's replay is looked up there."""
 
     def disconnect_viewers(self, broadcast: Broadcast, code: int, reason: str) -> int:
         """Close the session of everyone watching ``broadcast`` (an emergency

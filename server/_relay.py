@@ -117,12 +117,14 @@ class Track:
         self._open: dict[int, Group] = {}
         self._next_sequence = 0
         self._sinks: list[TrackSink] = []
+        self._taps = 0
         self.stats = TrackStats()
         self.ended = False
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._sinks)
+        """Viewers' subscriptions (taps such as recordings are not counted)."""
+        return len(self._sinks) - self._taps
 
     def queued_bytes(self) -> int:
         """Bytes written to this track's subscribers and not yet acknowledged
@@ -209,6 +211,25 @@ class Track:
         else:
             self.broadcast.request_keyframe(self)
 
+    def tap(self, sink: TrackSink, *, from_cache: bool) -> None:
+        """Add a sink that is not a viewer (a recording): not counted as a
+        subscriber, never the cause of a keyframe request. ``from_cache``
+        hands it the cached group first, like a subscriber."""
+        self._sinks.append(sink)
+        self._taps += 1
+        group = self.current
+        if from_cache and group is not None and group.cacheable and group.frames:
+            sink.group_started(self, group)
+            for payload in group.frames:
+                sink.frame(self, group, payload)
+            if group.ended:
+                sink.group_ended(self, group)
+
+    def untap(self, sink: TrackSink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+            self._taps -= 1
+
     def unsubscribe(self, sink: TrackSink) -> None:
         try:
             self._sinks.remove(sink)
@@ -222,6 +243,7 @@ class Track:
         self.end_group()
         self.ended = True
         sinks, self._sinks = self._sinks, []
+        self._taps = 0
         for sink in sinks:
             sink.track_ended(self)
 
@@ -289,6 +311,8 @@ class Broadcast:
                 raise RelayError(BOUNDS_EXCEEDED, f"broadcast {self.name} has the most tracks "
                                  "allowed (relay.max_tracks_per_broadcast)")
             track = self.tracks[name] = Track(self, name, self.relay.limits)
+            for listener in list(self.relay.track_listeners):
+                listener(track)
         return track
 
     def request_keyframe(self, track: Track) -> None:
@@ -320,6 +344,9 @@ class Relay:
         self.limits = limits or RelayLimits()
         self.broadcasts: dict[str, Broadcast] = {}
         self._listeners: list[Callable[[Broadcast, bool], None]] = []
+        self.track_listeners: list[Callable[[Track], None]] = []
+        """Called with every new track of any broadcast, before its first
+        frame (the recorder taps it there)."""
 
     def publish(self, name: str, *, private: bool = False, owner: str = "",
                 on_keyframe_request: Callable[[Track], None] | None = None) -> Broadcast:

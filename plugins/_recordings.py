@@ -1,0 +1,120 @@
+"""The recordings plugin (ISO IWA 41 §5.5): a room's recording downloaded as
+fragmented MP4 by its owner and operators, nobody else.
+
+The recorder and the replay live in the server core (server/_recording.py);
+this plugin only adds the download route and its authorization.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import trio
+
+from shopcast.plugins._api import Api
+from shopcast.plugins._hookspecs import hookimpl
+from shopcast.server._recording import export_mp4
+from shopcast.server._routing import HTTPError, Response
+
+__all__ = ["RecordingsPlugin", "may_manage_room"]
+
+
+async def may_manage_room(plugins: Any, claims: Any, room_id: str) -> None:
+    """Allow the room's owner (an account token whose subject owns the room,
+    or a host token minted for this room) and operators; else 401/403."""
+    if claims is None:
+        raise HTTPError(401, "missing_token", "an Authorization: Bearer token is required",
+                        "authorization")
+    if claims.role in ("operator", "service") and claims.allows_room(room_id):
+        return
+    if claims.role == "host" and claims.room == room_id:
+        return
+    rooms = plugins.get("rooms")
+    if rooms is not None and claims.role == "host":
+        try:
+            room = await rooms.get(room_id)
+        except HTTPError:
+            room = None
+        if room is not None and room["owner_id"] == claims.subject:
+            return
+    raise HTTPError(403, "not_owner", "only the room's owner and operators may do this",
+                    "authorization")
+
+
+def _size(path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+class RecordingsPlugin:
+    """The ``GET /api/v1/rooms/{room_id}/recording.mp4`` route, and the
+    announcement of ended rooms' replays."""
+
+    requires = ("rooms",)
+
+    def __init__(self) -> None:
+        self.app: Any = None
+        self.plugins: Any = None
+
+    @hookimpl
+    def shopcast_configure(self, app: Any, plugins: Any) -> None:
+        self.app, self.plugins = app, plugins
+
+    @hookimpl
+    async def shopcast_startup(self, app: Any, nursery: Any) -> None:
+        # The replays of rooms that ended before this start are announced again.
+        recorded = await trio.to_thread.run_sync(app.replays.recorded_names)
+        if not recorded:
+            return
+        marks = ", ".join("?" * len(recorded))
+        ended = await app.db.read(lambda c: [r[0] for r in c.execute(
+            f"SELECT id FROM rooms WHERE state IN ('ended', 'replay') AND id IN ({marks})",
+            tuple(recorded))])
+        for room_id in sorted(ended, key=recorded.__getitem__):
+            app.replays.announce(room_id, recorded[room_id])
+
+    @hookimpl
+    def shopcast_room_ended(self, room: dict[str, Any], reason: str) -> None:
+        # Announced as a replay from now on (if anything was recorded).
+        if self.app.recorder.path(room["id"]) is not None:
+            self.app.replays.announce(room["id"])
+
+    @hookimpl
+    def shopcast_register_routes(self, api: Api) -> None:
+        api.route("GET", "/api/v1/rooms/{room_id}/recording.mp4", self.download, name="recording_mp4",
+                  tag="recordings", roles=("host", "operator", "service"),
+                  content_type="video/mp4",
+                  summary="The room's recording as fragmented MP4 (H.264 + AAC); owner and operators.",
+                  responses={200: ("The MP4 file.", None),
+                             404: ("Nothing was recorded for this room.",
+                                   {"$ref": "#/components/schemas/Error"}),
+                             413: ("Longer than recording.max_download_bytes: use shopcast export.",
+                                   {"$ref": "#/components/schemas/Error"})})
+
+    async def download(self, request, claims, body, query, room_id: str) -> Response:
+        await may_manage_room(self.plugins, claims, room_id)
+        path = self.app.recorder.path(room_id)
+        size = await trio.to_thread.run_sync(_size, path) if path is not None else None
+        if size is None:
+            raise HTTPError(404, "not_recorded", f"room {room_id} has no recording", "room_id")
+        limit = self.app.config.recording.max_download_bytes
+        if size > limit:
+            # The MP4 is made in memory; a longer live is exported on the machine.
+            raise HTTPError(413, "recording_too_large",
+                            f"the recording is {size} bytes, more than recording.max_download_bytes "
+                            f"({limit}); export it with `shopcast export {room_id} FILE.mp4`", "room_id")
+
+        def export() -> bytes:
+            out = io.BytesIO()
+            export_mp4(path, out)
+            return out.getvalue()
+
+        try:
+            data = await trio.to_thread.run_sync(export)
+        except ValueError as exc:
+            raise HTTPError(404, "not_recorded", f"room {room_id}: {exc}", "room_id") from None
+        return Response(200, (("content-type", "video/mp4"),
+                              ("content-disposition", f'attachment; filename="{room_id}.mp4"')), data)

@@ -1,0 +1,198 @@
+"""The statistics of a live from a scripted session (joins and leaves
+through the viewer hooks the relay fires, chat through the room's chat,
+page events through the HTTP API, orders through the order hooks), checked
+against figures computed by hand; and who may read them."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+
+import trio
+
+from shopcast.plugins._chat_engine import Author, Role
+
+
+
+async def _live_room(api, rooms_api, clock, host_token: str, **fields):
+    """Create a room, make it live at ``clock.now`` (a local publisher's
+    broadcast under its id); returns (room id, broadcast)."""
+    app = api.app
+    rooms = app.plugins.get("rooms")
+    body = rooms_api.room_body(scheduled_start=rooms_api.iso(clock.now + 3600), **fields)
+    created = await api.call("POST", "/api/v1/rooms", body, token=host_token)
+    assert created.status == 201, created.body
+    room_id = created.body["room"]["id"]
+    clock.now = rooms._cache[room_id]["scheduled_start"] + 1
+    broadcast = app.relay.publish(room_id)
+    with trio.fail_after(10):
+        await rooms.wait_for_state(room_id, "live")
+    return room_id, broadcast
+
+
+async def _end(api, room_id: str, broadcast) -> None:
+    broadcast.end()
+    with trio.fail_after(10):
+        await api.app.plugins.get("rooms").wait_for_state(room_id, "ended")
+
+
+async def test_a_scripted_session_gives_the_statistics_computed_by_hand(api_server, clock, rooms_api):
+    api = await api_server({"rooms": {"push_lost_end_after_s": 0.0}})
+    app = api.app
+    stats, rooms, plugins = app.plugins.get("statistics"), app.plugins.get("rooms"), app.plugins
+    rooms.clock = stats.clock = clock
+    host = await api.user("hana", "host", display_name="Hana")
+    # An earlier live of the same host, which A watched: A is a returning viewer.
+    earlier, earlier_broadcast = await _live_room(api, rooms_api, clock, host)
+    await plugins.notify("shopcast_viewer_joined", room_id=earlier, subject="account:A", replay=False)
+    await _end(api, earlier, earlier_broadcast)
+    room_id, broadcast = await _live_room(api, rooms_api, clock, host)
+    t0 = clock.now
+    chat = app.interaction.room(room_id)
+
+    async def at(offset_s: float) -> None:
+        clock.now = t0 + offset_s
+
+    async def join(who: str, replay: bool = False) -> None:
+        await plugins.notify("shopcast_viewer_joined", room_id=room_id, subject=f"account:{who}", replay=replay)
+
+    async def leave(who: str, replay: bool = False) -> None:
+        await plugins.notify("shopcast_viewer_left", room_id=room_id, subject=f"account:{who}", replay=replay)
+
+    async def say(who: str, text: str) -> None:
+        chat.handle(Author(who, who, Role.VIEWER, registered=True), {"type": "message", "text": text},
+                    now_s=trio.current_time(), media_timestamp_us=0)
+        await stats.poll_chat()  # read at this (fake) time
+
+    async def event(**body) -> None:
+        reply = await api.call("POST", f"/api/v1/rooms/{room_id}/events", body)
+        assert reply.status == 204, reply.body
+
+    async def order(kind: str, order_id: str, who: str, total: int) -> None:
+        await plugins.notify(f"shopcast_order_{kind}", order={
+            "id": order_id, "room_id": room_id, "buyer_id": who, "total": total, "currency": "EUR",
+            "product_id": "shoe-1"})
+
+    await at(0); await join("A"); await event(type="arrival", source="upcoming", viewer="A")
+    await event(type="impression", pin_id="p1", viewer="A")
+    await at(10); await join("B"); await event(type="arrival", source="share", viewer="B")
+    await event(type="impression", pin_id="p1", viewer="B"); await event(type="share", viewer="B")
+    await at(12); await leave("B")
+    await at(30); await join("C"); await event(type="arrival", viewer="C")
+    await event(type="impression", pin_id="p1", viewer="C"); await event(type="impression", pin_id="p1", viewer="C")
+    await at(45); await say("A", "hello")
+    await at(50); await say("C", "price?")
+    chat.react(Author("C", "C", Role.VIEWER), "heart", now_s=trio.current_time())
+    chat.react(Author("C", "C", Role.VIEWER), "fire", now_s=trio.current_time())
+    await at(58); await event(type="click", pin_id="p1", viewer="A")
+    await at(60); await order("placed", "o1", "A", 2500)
+    await at(61); await order("paid", "o1", "A", 2500)
+    await at(70); await join("B")
+    await at(75); await leave("B")
+    await at(100); await leave("A")
+    await at(130); await join("A"); await say("A", "bought it")
+    await at(140); await event(type="click", pin_id="p1", viewer="C")
+    await at(150); await order("placed", "o2", "C", 1000)
+    await at(151); await order("paid", "o2", "C", 1000)
+    await at(170); await order("placed", "o3", "C", 400)
+    await at(200); await leave("A"); await order("refunded", "o2", "C", 1000)
+    await at(240); await _end(api, room_id, broadcast)  # C is still watching: to the end
+    # The replay.
+    await at(300); await join("D", replay=True)
+    await event(type="click", pin_id="p1", viewer="D", replay=True)
+    await at(305); await order("placed", "o4", "D", 700)
+    await at(306); await order("paid", "o4", "D", 700)
+    await at(310); await leave("D", replay=True)
+    await at(320); await join("E", replay=True)
+    await at(321); await leave("E", replay=True)
+    await at(400)
+
+    operator = await api.operator()
+    reply = await api.call("GET", f"/api/v1/rooms/{room_id}/statistics", token=host)
+    assert reply.status == 200, reply.body
+    report = reply.body
+    assert report["live_length_s"] == 240
+    # Sessions: A 0-100 and 130-200, B 10-12 and 70-75, C 30-240 (open at the end).
+    assert report["live"] == {
+        "peak_concurrent": 3, "unique_viewers": 3, "sessions": 5, "views": 4,
+        "average_watch_time_s": round((170 + 7 + 210) / 3, 3),
+        "chat_messages": 3, "chatters": 2, "reactions": 2,
+        "impressions": 4, "clicks": 2, "ctr": 0.5, "orders": 3, "paid_orders": 2,
+        "click_to_order": 1.5, "gmv_minor": 3500, "currency": "EUR", "buyers": 2,
+        "conversion_rate": round(2 / 3, 4), "refunded_orders": 1, "returned_orders": 0,
+        "refund_rate": 0.5, "return_rate": 0.0}
+    assert report["funnel"] == {
+        "acquisition": {"arrivals": 3, "from_upcoming": 1, "from_share": 1, "from_direct": 1},
+        "activation": {"viewers_past_activation": 2, "activation_s": 10.0, "rate": round(2 / 3, 4)},
+        "retention": {"returning_viewers": 1, "rate": round(1 / 3, 4)},
+        "referral": {"shares": 1},
+        "revenue": {"gmv_minor": 3500, "paid_orders": 2}}
+    assert report["replay"] == {
+        "unique_viewers": 2, "sessions": 2, "views": 1, "average_watch_time_s": 5.5,
+        "impressions": 0, "clicks": 1, "ctr": None, "orders": 1, "paid_orders": 1,
+        "click_to_order": 1.0, "gmv_minor": 700, "currency": "EUR", "buyers": 1,
+        "conversion_rate": 0.5, "refunded_orders": 0, "returned_orders": 0,
+        "refund_rate": 0.0, "return_rate": 0.0}
+    assert [(m["viewers"], m["chat_messages"], m["orders"]) for m in report["timeline"]] == [
+        (2, 2, 0), (3, 0, 1), (2, 1, 2), (2, 0, 0)]
+    # CSV: the same figures.
+    as_csv = await api.call("GET", f"/api/v1/rooms/{room_id}/statistics?format=csv", token=operator)
+    assert as_csv.status == 200 and as_csv.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(as_csv.body)))
+    assert ["live", "gmv_minor", "3500"] in rows and ["replay", "views", "1"] in rows
+    assert ["funnel.referral", "shares", "1"] in rows
+    assert ["1", rooms_api.iso(t0 + 60), "3", "0", "1"] in rows
+    # The chart: one line per series, drawn from the timeline.
+    svg = await api.call("GET", f"/api/v1/rooms/{room_id}/statistics/chart.svg", token=host)
+    assert svg.status == 200 and svg.headers["content-type"] == "image/svg+xml"
+    drawing = svg.body.decode()
+    assert drawing.startswith("<svg") and drawing.count("<polyline") == 3
+    # Four points per line, the viewers' highest at the peak of 3 (the top).
+    viewers = drawing.split('class="viewers"')[1].split('points="')[1].split('"')[0].split()
+    assert len(viewers) == 4 and viewers[1].endswith(",36.0")
+    png = await api.call("GET", f"/api/v1/rooms/{room_id}/statistics/chart.png", token=host)
+    if importlib.util.find_spec("matplotlib") is None:
+        assert png.status == 404 and png.error_field == "format"
+    else:
+        assert png.status == 200 and png.body[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_only_the_owner_and_operators_read_statistics_and_events_are_checked(api_server, clock,
+                                                                                   rooms_api):
+    api = await api_server({"rooms": {"push_lost_end_after_s": 0.0},
+                            "statistics": {"events_per_viewer_per_room_max": 3}})
+    app = api.app
+    app.plugins.get("rooms").clock = clock
+    host = await api.user("hana", "host", display_name="Hana")
+    other = await api.user("olga", "host", display_name="Olga")
+    viewer = await api.user("vera", "audience", display_name="Vera")
+    room_id, broadcast = await _live_room(api, rooms_api, clock, host)
+    path = f"/api/v1/rooms/{room_id}/statistics"
+    assert (await api.call("GET", path)).status == 401
+    assert (await api.call("GET", path, token=other)).status == 403
+    assert (await api.call("GET", path, token=viewer)).status == 403
+    assert (await api.call("GET", path + "/chart.svg", token=other)).status == 403
+    assert (await api.call("GET", path, token=await api.operator())).status == 200
+    bad = await api.call("GET", path + "?format=xml", token=host)
+    assert bad.status == 400 and bad.error_field == "format"
+    events = f"/api/v1/rooms/{room_id}/events"
+    for body, field in (({"type": "like"}, "type"), ({"type": "arrival", "source": "ads"}, "source"),
+                        ({"type": "click", "pin_id": "x" * 500}, "pin_id"), ({}, "type"),
+                        ({"type": "click", "product_id": ""}, "product_id"),
+                        ({"type": "click", "replay": "yes"}, "replay"),
+                        ({"type": "click", "viewer": 7}, "viewer"),
+                        ({"type": "click", "extra": 1}, "extra")):
+        reply = await api.call("POST", events, body)
+        assert reply.status == 400 and field in (reply.error_field or ""), (body, reply.body)
+    missing = await api.call("POST", "/api/v1/rooms/r0000000000000000/events", {"type": "click"})
+    assert missing.status == 404
+    for _ in range(3):
+        assert (await api.call("POST", events, {"type": "click", "viewer": "v1"})).status == 204
+    refused = await api.call("POST", events, {"type": "click", "viewer": "v1"})
+    assert refused.status == 429
+    # Another viewer is still counted, and the refused event was not.
+    assert (await api.call("POST", events, {"type": "click", "viewer": "v2"})).status == 204
+    report = (await api.call("GET", path, token=host)).body
+    assert report["live"]["clicks"] == 4
+    await _end(api, room_id, broadcast)
