@@ -417,6 +417,9 @@ class HostConsoleConfig:
     poll_interval_ms: int = _spec(min=250, max=60_000, unit="ms")
     chat_shown_messages: int = _spec(min=10, max=10_000, unit="count")
     mute_s: int = _spec(min=1, max=86_400, unit="s")
+
+
+@dataclass(frozen=True)
 class RecordingConfig:
     """[recording]: every live room recorded, its replay, its retention."""
 
