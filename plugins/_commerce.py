@@ -37,6 +37,9 @@ import trio
 from shopcast.plugins._accounts import subject_digest
 from shopcast.plugins._api import ANONYMOUS, Api, field_error, format_time
 from shopcast.plugins._hookspecs import hookimpl
+from shopcast.plugins._orders import OrdersMixin, OrderStore
+from shopcast.plugins._orders import order_view as _order_view
+from shopcast.plugins._pins import COMMERCE_TRACK, PinsMixin, PinStore, flash_window_error
 from shopcast.plugins._storage import Migration
 from shopcast.server._log import get_logger
 from shopcast.server._routing import HTTPError, Response
@@ -49,7 +52,12 @@ EVERYONE = (ANONYMOUS, "viewer", "host", "operator", "service")
 USERS = ("viewer", "host", "operator")
 RULE_KINDS = ("category", "keyword")
 COUPON_KINDS = ("percent", "amount")
-ORDER_STATES = ("pending", "paid", "expired", "cancelled")
+ORDER_STATES = ("pending", "paid", "confirmed", "shipped", "delivered", "completed", "cancelled",
+                "refunded", "returned", "expired")
+HOLDING_STATES = ("pending", "paid", "confirmed", "shipped", "delivered", "completed")
+"""Orders that count against stock, per-buyer limits and flash-sale caps."""
+SOLD_STATES = ("paid", "confirmed", "shipped", "delivered", "completed")
+"""Orders that are sales (paid, not given back)."""
 _EDITABLE_ROOM_STATES = ("scheduled", "rehearsal")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
@@ -136,6 +144,55 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (buyer_id, key)
 );
 CREATE INDEX idempotency_age ON idempotency_keys(created_at);
+"""),
+    Migration("commerce", 2, """
+CREATE TABLE pins (
+    id TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    product_id TEXT NOT NULL,
+    media_us INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    coupon_code TEXT,
+    flash_price INTEGER,
+    flash_sku_id TEXT,
+    flash_starts_at REAL,
+    flash_ends_at REAL,
+    flash_per_buyer_limit INTEGER,
+    flash_stock_cap INTEGER,
+    flash_sold INTEGER NOT NULL DEFAULT 0
+        CHECK (flash_sold >= 0 AND (flash_stock_cap IS NULL OR flash_sold <= flash_stock_cap)),
+    unpinned_at REAL,
+    unpin_media_us INTEGER
+);
+CREATE INDEX pins_room ON pins(room_id, unpinned_at);
+ALTER TABLE orders ADD COLUMN pin_id TEXT;
+ALTER TABLE orders ADD COLUMN updated_at REAL;
+ALTER TABLE orders ADD COLUMN payment_state TEXT NOT NULL DEFAULT 'none';
+ALTER TABLE orders ADD COLUMN intent_id TEXT;
+ALTER TABLE orders ADD COLUMN tracking_number TEXT;
+ALTER TABLE orders ADD COLUMN carrier TEXT;
+CREATE INDEX orders_room ON orders(room_id, created_at);
+CREATE INDEX orders_buyer ON orders(buyer_id, created_at);
+CREATE INDEX orders_pin_buyer ON orders(pin_id, buyer_id, state);
+CREATE TABLE order_events (
+    id INTEGER PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    status TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    note TEXT NOT NULL
+);
+CREATE INDEX order_events_order ON order_events(order_id, id);
+CREATE TABLE complaints (
+    id TEXT PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    author_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE INDEX complaints_order ON complaints(order_id, created_at);
 """),
 ]
 
@@ -259,12 +316,22 @@ class CommerceStore:
                                "WHERE id = ? AND state = 'pending'", (now, row["id"]))
             if cursor.rowcount != 1:
                 continue
-            c.execute("UPDATE skus SET stock = stock + ? WHERE id = ?", (row["quantity"], row["sku_id"]))
-            if row["coupon_code"] is not None:
-                c.execute("UPDATE coupons SET uses = uses - 1 WHERE room_id = ? AND code = ? "
-                          "AND uses > 0", (row["room_id"], row["coupon_code"]))
+            CommerceStore.release(c, dict(row))
+            OrderStore.log(c, row["id"], now, "expired", "system", "hold expired unpaid")
             expired.append({**dict(row), "state": "expired", "ended_at": now})
         return expired
+
+    @staticmethod
+    def release(c: sqlite3.Connection, order: dict[str, Any], *, coupon: bool = True) -> None:
+        """Give an order's units back: the variant's stock, the flash sale's
+        cap and (unless ``coupon`` is False) the coupon use."""
+        c.execute("UPDATE skus SET stock = stock + ? WHERE id = ?", (order["quantity"], order["sku_id"]))
+        if order.get("pin_id") is not None:
+            c.execute("UPDATE pins SET flash_sold = flash_sold - ? WHERE id = ? AND kind = 'flash_sale' "
+                      "AND flash_sold >= ?", (order["quantity"], order["pin_id"], order["quantity"]))
+        if coupon and order["coupon_code"] is not None:
+            c.execute("UPDATE coupons SET uses = uses - 1 WHERE room_id = ? AND code = ? "
+                      "AND uses > 0", (order["room_id"], order["coupon_code"]))
 
     @staticmethod
     def forget(c: sqlite3.Connection, account_id: str) -> None:
@@ -286,15 +353,6 @@ def _product_view(p: dict[str, Any]) -> dict[str, Any]:
                       "stock": s["stock"], "per_buyer_limit": s["per_buyer_limit"]} for s in p["skus"]]}
 
 
-def _order_view(o: dict[str, Any]) -> dict[str, Any]:
-    return {"id": o["id"], "room_id": o["room_id"], "product_id": o["product_id"],
-            "sku_id": o["sku_id"], "quantity": o["quantity"], "unit_price": o["unit_price"],
-            "subtotal": o["subtotal"], "discount": o["discount"], "total": o["total"],
-            "currency": o["currency"], "coupon_code": o["coupon_code"], "state": o["state"],
-            "created_at": format_time(o["created_at"]), "expires_at": format_time(o["expires_at"]),
-            "paid_at": format_time(o["paid_at"])}
-
-
 def _rule_view(r: dict[str, Any]) -> dict[str, Any]:
     return {"id": r["id"], "kind": r["kind"], "value": r["value"], "reason": r["reason"],
             "created_at": format_time(r["created_at"])}
@@ -313,8 +371,10 @@ def _rule_text(rule: dict[str, Any]) -> str:
 # --- the plugin -----------------------------------------------------------------------------
 
 
-class CommercePlugin:
-    """Catalog, restricted goods, coupons and Buy Now; see the module docstring."""
+class CommercePlugin(PinsMixin, OrdersMixin):
+    """Catalog, restricted goods, coupons, pins, Buy Now, payments and orders;
+    see the module docstring (pins: plugins/_pins.py; payments and orders:
+    plugins/_orders.py and plugins/_payments.py)."""
 
     requires = ("accounts", "rooms")
 
@@ -333,7 +393,16 @@ class CommercePlugin:
 
     @hookimpl
     def shopcast_register_tables(self) -> list[Migration]:
-        return MIGRATIONS
+        return [*MIGRATIONS, *self._payment_migrations()]
+
+    @hookimpl
+    def shopcast_register_room_tracks(self, room: dict[str, Any]) -> list[str]:
+        return [COMMERCE_TRACK]
+
+    @hookimpl
+    async def shopcast_room_live(self, room: dict[str, Any]) -> None:
+        # The track opens with the state, so the first viewer knows what is pinned.
+        self._write_state(room["id"], await self._pin_views(room["id"]))
 
     @hookimpl
     def shopcast_register_permissions(self) -> dict[str, tuple[str, ...]]:
@@ -346,7 +415,9 @@ class CommercePlugin:
     @hookimpl
     async def shopcast_startup(self, app: Any, nursery: trio.Nursery) -> None:
         self.db = app.db
+        await self._start_payments(app, nursery)
         nursery.start_soon(self._expire_forever)
+        nursery.start_soon(self._pin_states_forever)
 
     @hookimpl
     async def shopcast_account_forget(self, account_id: str) -> None:
@@ -546,12 +617,16 @@ class CommercePlugin:
             "required": ["id", "room_id", "sku_id", "quantity", "unit_price", "subtotal", "discount",
                          "total", "currency", "state", "expires_at"],
             "properties": {**{k: {"type": "string"} for k in ("id", "room_id", "product_id", "sku_id",
-                                                               "currency", "created_at", "expires_at")},
+                                                               "currency", "created_at", "expires_at",
+                                                               "hold_expires_at", "payment_state")},
                            **{k: {"type": "integer"} for k in ("quantity", "unit_price", "subtotal",
-                                                                "discount", "total")},
-                           "coupon_code": {"type": ["string", "null"]},
-                           "paid_at": {"type": ["string", "null"]},
-                           "state": {"type": "string", "enum": list(ORDER_STATES)}}})
+                                                                "discount", "total", "total_minor")},
+                           **{k: {"type": ["string", "null"]} for k in (
+                               "coupon_code", "paid_at", "pin_id", "tracking_number", "carrier",
+                               "updated_at")},
+                           "state": {"type": "string", "enum": list(ORDER_STATES),
+                                     "description": "The same as status (kept for early clients)."},
+                           "status": {"type": "string", "enum": list(ORDER_STATES)}}})
         api.route("POST", "/api/v1/rooms/{room_id}/orders", self.buy_now, name="orders_buy_now",
                   tag=tag, roles=USERS,
                   request={"type": "object", "additionalProperties": False,
@@ -560,7 +635,10 @@ class CommercePlugin:
                                           "quantity": {"type": "integer", "minimum": 1,
                                                        "maximum": cfg.quantity_max},
                                           "coupon_code": {"type": "string",
-                                                          "pattern": "^[A-Za-z0-9_-]{3,32}$"}}},
+                                                          "pattern": "^[A-Za-z0-9_-]{3,32}$"},
+                                          "pin_id": {"type": "string", "minLength": 1, "maxLength": 64,
+                                                     "description": "The card tapped; a flash-sale "
+                                                                    "card's price and limits apply."}}},
                   example={"sku_id": "s0123456789abcdef", "quantity": 1, "coupon_code": "SPRING10"},
                   description="Creates an order holding the stock for commerce.hold_expiry_s; the "
                               "price is computed by the server. With an `Idempotency-Key` header "
@@ -571,9 +649,8 @@ class CommercePlugin:
                              409: (("Sold out, over the per-buyer limit, the room is not live, the "
                                     "coupon cannot be used, the product is restricted, or the "
                                     "idempotency key was used with another body."), error)})
-        api.route("GET", "/api/v1/orders/{order_id}", self.show_order, name="orders_show", tag=tag,
-                  roles=USERS, summary="One of the caller's orders.",
-                  responses={200: ("The order.", order)})
+        self._register_pin_routes(api)
+        self._register_order_routes(api, order)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -821,12 +898,43 @@ class CommercePlugin:
             if veto is not None:
                 refuse(409, "order_refused", f"the order cannot be placed: {veto}", "sku_id")
             limit = sku["per_buyer_limit"] or cfg.per_buyer_limit_default
-            held = c.execute("SELECT coalesce(sum(quantity), 0) FROM orders WHERE buyer_id = ? AND "
-                             "sku_id = ? AND state IN ('pending', 'paid')",
-                             (buyer_id, sku["id"])).fetchone()[0]
-            if held + quantity > limit:
-                refuse(409, "per_buyer_limit", f"one buyer may have at most {limit} of this variant "
-                       f"(already {held})", "quantity")
+            unit_price = sku["price"]
+            pin = None
+            if "pin_id" in body:
+                pin = PinStore.get(c, body["pin_id"])
+                if pin is None or pin["room_id"] != room_id:
+                    refuse(404, "not_found", f"no card {body['pin_id']!r} in this room", "pin_id")
+                if pin["product_id"] != sku["product_id"]:
+                    refuse(409, "wrong_product", "the variant is not of the pinned product", "sku_id")
+                order["pin_id"] = pin["id"]
+            if pin is not None and pin["kind"] == "flash_sale":
+                # The flash price and limits apply, whatever the client sends.
+                if sku["id"] != pin["flash_sku_id"]:
+                    refuse(409, "wrong_variant", f"the flash sale is for variant {pin['flash_sku_id']}",
+                           "sku_id")
+                closed = flash_window_error(pin, now)
+                if closed is not None:
+                    refuse(409, "flash_sale_closed", closed, "pin_id")
+                limit = pin["flash_per_buyer_limit"]
+                held = c.execute("SELECT coalesce(sum(quantity), 0) FROM orders WHERE pin_id = ? AND "
+                                 f"buyer_id = ? AND state IN {HOLDING_STATES}",
+                                 (pin["id"], buyer_id)).fetchone()[0]
+                if held + quantity > limit:
+                    refuse(409, "per_buyer_limit", f"one buyer may have at most {limit} in this flash "
+                           f"sale (already {held})", "quantity")
+                if c.execute("UPDATE pins SET flash_sold = flash_sold + ? WHERE id = ? AND "
+                             "flash_sold + ? <= flash_stock_cap",
+                             (quantity, pin["id"], quantity)).rowcount != 1:
+                    refuse(409, "sold_out", "the flash sale's units are sold out", "quantity")
+                unit_price = pin["flash_price"]
+            else:
+                limit = sku["per_buyer_limit"] or cfg.per_buyer_limit_default
+                held = c.execute("SELECT coalesce(sum(quantity), 0) FROM orders WHERE buyer_id = ? AND "
+                                 f"sku_id = ? AND state IN {HOLDING_STATES}",
+                                 (buyer_id, sku["id"])).fetchone()[0]
+                if held + quantity > limit:
+                    refuse(409, "per_buyer_limit", f"one buyer may have at most {limit} of this "
+                           f"variant (already {held})", "quantity")
             if not CommerceStore.take_stock(c, sku["id"], quantity):
                 refuse(409, "sold_out", "not enough stock left for this quantity", "quantity")
             coupon = None
@@ -841,11 +949,15 @@ class CommercePlugin:
                 if c.execute("UPDATE coupons SET uses = uses + 1 WHERE room_id = ? AND code = ? AND "
                              "uses < max_uses", (room_id, coupon["code"])).rowcount != 1:
                     refuse(409, "coupon_used_up", "the coupon has no uses left", "coupon_code")
-            subtotal, discount, total = price_order(sku["price"], quantity, coupon and dict(coupon))
-            order.update({"unit_price": sku["price"], "subtotal": subtotal, "discount": discount,
+            subtotal, discount, total = price_order(unit_price, quantity, coupon and dict(coupon))
+            order.update({"unit_price": unit_price, "subtotal": subtotal, "discount": discount,
                           "total": total, "coupon_code": coupon["code"] if coupon else None,
                           "state": "pending", "created_at": now, "expires_at": expires_at,
-                          "paid_at": None, "ended_at": None})
+                          "paid_at": None, "ended_at": None, "updated_at": now,
+                          "payment_state": "none"})
+            order.setdefault("pin_id", None)
+            order.update({"intent_id": None, "tracking_number": None, "carrier": None})
+            OrderStore.log(c, order["id"], now, "pending", buyer_id, "")
             c.execute(f"INSERT INTO orders ({', '.join(order)}) VALUES ({', '.join('?' * len(order))})",
                       tuple(order.values()))
             return _order_view(order)
@@ -855,10 +967,3 @@ class CommercePlugin:
             log.info("order_placed", order=view["id"], sku=view["sku_id"], quantity=view["quantity"])
             await self.plugins.notify("shopcast_order_placed", order=view)
         return Response.json(view, status=status)
-
-    async def show_order(self, request, claims, body, query, order_id: str) -> Response:
-        account = await self.plugins.get("accounts").require_account(claims)
-        order = await self.db.read(lambda c: CommerceStore.order(c, order_id))
-        if order is None or (order["buyer_id"] != account["id"] and account["role"] != "operator"):
-            raise HTTPError(404, "not_found", f"no order {order_id!r} of yours", "order_id")
-        return Response.json(_order_view(order))

@@ -201,3 +201,11 @@ def shopcast_order_paid(order: dict[str, Any]) -> Any:
 @hookspec
 def shopcast_order_cancelled(order: dict[str, Any], reason: str) -> Any:
     """An order was cancelled or refunded."""
+
+
+@hookspec
+def shopcast_order_updated(order: dict[str, Any], previous: str) -> Any:
+    """Any change of an order after Buy Now (its ``status``, a shipment's
+    tracking number, a complaint in ``order["complaint"]``); ``previous`` is
+    the status before. Paid and cancelled orders are also told through the
+    two hooks above."""

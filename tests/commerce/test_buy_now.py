@@ -22,9 +22,13 @@ async def test_buy_now_holds_stock_at_the_server_price(api, shop):
     assert order["currency"] == "EUR" and all(isinstance(order[k], int) for k in ("total", "subtotal"))
     assert await shop.stock() == 7
     shown = await api.call("GET", f"/api/v1/orders/{order['id']}", token=shop.buyer)
-    assert shown.status == 200 and shown.body == order
-    # Nobody else sees it.
-    assert (await api.call("GET", f"/api/v1/orders/{order['id']}", token=shop.host)).status == 404
+    assert shown.status == 200 and {k: shown.body[k] for k in order} == order
+    assert order["status"] == "pending" and order["total_minor"] == order["total"]
+    assert [h["status"] for h in shown.body["history"]] == ["pending"]
+    # The room's host sees it; another viewer does not.
+    assert (await api.call("GET", f"/api/v1/orders/{order['id']}", token=shop.host)).status == 200
+    stranger = await api.user("stranger", "audience")
+    assert (await api.call("GET", f"/api/v1/orders/{order['id']}", token=stranger)).status == 404
     # A price from the client is refused, never used.
     reply = await shop.buy({"sku_id": shop.sku_id, "quantity": 1, "price": 1})
     assert reply.status == 400 and reply.error_field == "price"
