@@ -485,10 +485,13 @@ class OrdersMixin:
             return outcome, moved, order["state"] if order else None
 
         outcome, moved, previous = await self.db.write(apply)
-        log.info("payment_event", event=event.id, type=event.type, order=event.order_id, outcome=outcome)
+        log.info("payment_event", event_id=event.id, kind=event.type, order=event.order_id, outcome=outcome)
         if outcome == "refund_unpayable":
             # Paid after the hold ended (or twice): the money goes back.
-            await self.provider.refund(event.intent_id)
+            try:
+                await self.provider.refund(event.intent_id)
+            except HTTPError as exc:
+                log.error("refund_failed", intent=event.intent_id, reason=exc.message)
         if moved is not None:
             await self._tell(moved, previous)
         self.events_applied += 1

@@ -340,6 +340,7 @@ class TestProvider:
             self._ssl.check_hostname = False
         self._wake = trio.Event()
         self._connections: list[http.client.HTTPConnection] = []
+        self._closed = False
         self.delivered = 0
         self.attempts_failed = 0
         self._progress = trio.Condition()
@@ -523,6 +524,12 @@ class TestProvider:
     async def _deliver_forever(self) -> None:
         """Deliver due events; sleep until the next is due or one is queued.
         Never returns unless cancelled."""
+        try:
+            await self._deliver_rounds()
+        finally:
+            self.close()
+
+    async def _deliver_rounds(self) -> None:
         while True:
             self._wake = trio.Event()
             try:
@@ -563,7 +570,7 @@ class TestProvider:
             next_at = None
             if attempts < cfg.max_attempts:
                 next_at = now + min(cfg.retry_max_s, cfg.retry_base_s * 2 ** (attempts - 1))
-            log.info("payment_event_failed", event=row["event_id"], attempts=attempts, error=error,
+            log.info("payment_event_failed", event_id=row["event_id"], attempts=attempts, error=error,
                      gave_up=next_at is None)
             retries.append((attempts, next_at, next_at, error[:500], row["id"]))
 
@@ -614,13 +621,15 @@ class TestProvider:
         except BaseException:
             connection.close()
             raise
-        if response.will_close:
+        if response.will_close or self._closed:
             connection.close()
         else:
             self._connections.append(connection)
         return response.status
 
     def close(self) -> None:
+        """Close the kept-alive delivery connections (at shutdown)."""
+        self._closed = True
         for connection in self._connections:
             connection.close()
         self._connections.clear()
