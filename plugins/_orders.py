@@ -182,14 +182,15 @@ class OrdersMixin:
                              409: ("The order is not pending or its hold expired.", error)})
         text = {"type": "string", "minLength": 1, "maxLength": cfg.tracking_number_max_chars}
         for action, (sources, target, who) in TRANSITIONS.items():
-            request = None
+            request = example = None
             if action == "ship":
+                example = {"tracking_number": "1Z999AA10123456784", "carrier": "UPS"}
                 request = {"type": "object", "additionalProperties": False,
                            "required": ["tracking_number", "carrier"],
                            "properties": {"tracking_number": text, "carrier": text}}
             api.route("POST", f"/api/v1/orders/{{order_id}}/{action}",
                       _bind_action(self.change_order, action), name=f"orders_{action}", tag=tag,
-                      roles=users, request=request,
+                      roles=users, request=request, example=example,
                       summary=f"{action.capitalize()} the order: {', '.join(sources)} -> {target} "
                               f"({' or '.join(who)}).",
                       responses={200: ("The order.", order_schema),
@@ -202,6 +203,7 @@ class OrdersMixin:
                   request={"type": "object", "additionalProperties": False, "required": ["text"],
                            "properties": {"text": {"type": "string", "minLength": 1,
                                                    "maxLength": cfg.complaint_max_chars}}},
+                  example={"text": "The parcel arrived damaged."},
                   summary="A complaint about an order (its buyer).",
                   responses={201: ("The complaint.", complaint),
                              409: ("Too many complaints on this order.", error)})
@@ -230,13 +232,16 @@ class OrdersMixin:
                            responses={200: ("Applied, or a duplicate.", None),
                                       400: ("Bad signature, stale or future timestamp, bad event.",
                                             error)})
-        for method in ("GET", "POST"):
-            api.document_route(method, "/pay/test/{intent_id}", name=f"pay_test_{method.lower()}",
+        for method, name in (("GET", "pay_test_page"), ("POST", "pay_test_submit")):
+            api.document_route(method, "/pay/test/{intent_id}", name=name,
                                tag=tag, content_type="text/html",
                                summary="The test provider's hosted payment page (a card number "
                                        "form; POST submits it).",
                                responses={200: ("The page.", {"type": "string"}),
-                                          404: ("No such payment.", None)})
+                                          400: ("The card number is not valid (the form again).", None),
+                                          402: ("Declined, or not a test card (the form again).", None),
+                                          409: ("Already paid.", None),
+                                          413: ("The form is too large.", None)})
         api.router.add("POST", "/api/v1/logistics/webhook", self.logistics_webhook, "logistics_webhook")
         api.document_route("POST", "/api/v1/logistics/webhook", name="logistics_webhook", tag=tag,
                            summary="A logistics partner's signed shipment update "
@@ -245,6 +250,7 @@ class OrdersMixin:
                                    "shipped|delivered, tracking_number?, carrier?}.",
                            responses={200: ("Applied, or a duplicate.", None),
                                       400: ("Bad signature or body.", error),
+                                      404: ("No such order.", error),
                                       409: ("The order's status does not allow it.", error)})
 
     # --- who may ----------------------------------------------------------------------------

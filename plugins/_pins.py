@@ -226,7 +226,9 @@ class PinsMixin:
                   description="The body is optional: `{\"media_us\": int}` (µs), the frame on "
                               "the host's screen; default: the live edge.",
                   summary="Unpin a card (optionally at a media timestamp).",
-                  responses={200: ("The pin as it was.", pin)})
+                  responses={200: ("The pin as it was.", pin),
+                             400: ("The body's media_us is not a timestamp.", error),
+                             409: ("The room is not live.", error)})
         api.route("GET", "/api/v1/rooms/{room_id}/pins", self.list_pins, name="pins_list", tag=tag,
                   roles=EVERYONE, summary="The cards pinned now.",
                   responses={200: ("The pins.", {"type": "object", "required": ["pins"],
