@@ -11,7 +11,7 @@ from shopcast.bench._record import Record, format_table, to_json
 
 __all__ = ["Record", "main"]
 
-SUITES = ("micro", "fanout", "latency", "chat")
+SUITES = ("micro", "fanout", "latency", "chat", "commerce")
 
 
 def main(argv: list[str]) -> int:
@@ -43,6 +43,9 @@ def main(argv: list[str]) -> int:
     if "chat" in suites:
         from shopcast.bench import _chat
         records += _chat.run(arguments.quick, progress=sys.stderr)
+    if "commerce" in suites:
+        from shopcast.bench import _commerce
+        records += _commerce.run(arguments.quick, progress=sys.stderr, config=arguments.config)
     print(format_table(records))
     if arguments.json:
         with open(arguments.json, "w", encoding="utf-8") as output:

@@ -139,16 +139,36 @@ class OrdersMixin:
         await self.provider.start(nursery)
         # Start-up reconciliation: events of payments made before a crash are
         # delivered again (deduplicated on arrival); holds expire as usual.
-        resent = await self.reconcile()
-        log.info("payments_reconciled", resent=resent)
+        await self.reconcile()
         nursery.start_soon(self._reconcile_forever)
 
     async def reconcile(self) -> int:
-        """Ask the provider to deliver again the success events of orders
-        still pending with a payment intent; returns how many were queued."""
-        pending = await self.db.read(lambda c: [r[0] for r in c.execute(
-            "SELECT id FROM orders WHERE state = 'pending' AND intent_id IS NOT NULL")])
-        return await self.provider.resend_succeeded(pending)
+        """Bring orders and the provider's payments together (at start-up and
+        every ``payments.reconcile_interval_s``): a succeeded payment of an
+        order still pending has its event delivered again (deduplicated on
+        arrival, so the order is paid once, by a verified event); one whose
+        order can no longer take it (expired, cancelled, paid by another
+        payment) is refunded; deliveries given up on are tried again.
+        Returns how many payments needed something."""
+        intents = await self.provider.succeeded_intents(self.clock() - self.payments_cfg.events_seen_ttl_s)
+        ids = sorted({i.order_id for i in intents})
+        orders = await self.db.read(lambda c: {o: OrderStore.get(c, o) for o in ids})
+        resend, refund = [], []
+        for intent in intents:
+            order = orders.get(intent.order_id)
+            if order is not None and order["state"] == "pending":
+                resend.append(order["id"])
+            elif order is None or order["state"] not in KEEPS_PAYMENT or order["intent_id"] != intent.id:
+                refund.append(intent.id)
+        for intent_id in refund:
+            try:
+                await self.provider.refund(intent_id)
+            except HTTPError as exc:
+                log.error("refund_failed", intent=intent_id, reason=exc.message)
+        resent = await self.provider.resend_succeeded(resend)
+        if resent or refund:
+            log.info("reconciled", resent=resent, refunded=len(refund))
+        return resent + len(refund)
 
     async def _reconcile_forever(self) -> None:
         while True:
@@ -583,6 +603,8 @@ def _apply_to_order(c: sqlite3.Connection, event: Any, order: dict[str, Any] | N
 _ALL_STATES = ("pending", "paid", "confirmed", "shipped", "delivered", "completed", "cancelled",
                "refunded", "returned", "expired")
 SOLD = ("paid", "confirmed", "shipped", "delivered", "completed")
+KEEPS_PAYMENT = (*SOLD, "returned")
+"""An order in these statuses keeps its succeeded payment (a return awaits its refund)."""
 
 
 def _status_conflict(order: dict[str, Any], action: str, sources: tuple[str, ...]) -> HTTPError:

@@ -266,6 +266,10 @@ class PaymentProvider(Protocol):
     def verify_event_untrusted(self, headers: Mapping[str, str], body: bytes, now: float) -> PaymentEvent:
         """The event of a webhook request, or SignatureError/ValueError."""
 
+    async def succeeded_intents(self, since: float) -> list[PaymentIntent]:
+        """Reconciliation: the intents that succeeded (and were not refunded)
+        since ``since`` (Unix s), as a provider's list API gives them."""
+
     async def resend_succeeded(self, order_ids: list[str]) -> int:
         """Reconciliation: deliver again the success events of these orders'
         intents that succeeded (the receiver deduplicates); returns how many."""
@@ -399,9 +403,13 @@ class TestProvider:
                                    tolerance_s=self.cfg.webhook_tolerance_s)
         return parse_event_untrusted(body)
 
+    async def succeeded_intents(self, since: float) -> list[PaymentIntent]:
+        rows = await self.db.read(lambda c: [dict(r) for r in c.execute(
+            "SELECT * FROM payment_intents WHERE state = 'succeeded' AND updated_at >= ? "
+            "ORDER BY updated_at", (since,))])
+        return [self._intent(r) for r in rows]
+
     async def resend_succeeded(self, order_ids: list[str]) -> int:
-        if not order_ids:
-            return 0
         now = self.clock()
 
         def resend(c: sqlite3.Connection) -> int:
