@@ -1,25 +1,26 @@
-"""The commerce plugin, first part (issue 9; IWA 41 §5.4, §6.2 d): the product
+"""The commerce plugin (issue 9; IWA 41 §5.4, §5.5, §6.2 d): the product
 catalog, a room's product list, the published catalogue of restricted and
-prohibited goods, coupons, and Buy Now with inventory holds.
+prohibited goods, coupons, and Buy Now with inventory holds; pins in step
+with the video (plugins/_pins.py); payments through a provider
+(plugins/_payments.py, docs/payments.md) and orders after sale
+(plugins/_orders.py).
 
 Money is integers of the currency's minor unit (cents), never floats; every
-price is computed here (``price_order``), whatever the client sends.
+price is computed here (``price_order``), whatever the client sends; a
+flash-sale card's price and limits apply only on the server.
 
 Buy Now is one write transaction (plugins/_storage.py has one writer
 connection): the idempotency record is looked up, the stock taken with
 ``UPDATE skus SET stock = stock - ? WHERE id = ? AND stock >= ?`` (a row count
-of 0 means sold out), the coupon use taken the same way, the order and its
-idempotency record inserted. Nothing can oversell, however many requests race.
+of 0 means sold out), a flash sale's cap and the coupon use taken the same
+way, the order and its idempotency record inserted. Nothing can oversell,
+however many requests race.
 
 A hold (a pending order) lasts ``commerce.hold_expiry_s``; ``expire_holds``
 (run every ``hold_check_interval_s``, called directly by tests with a fake
-``self.clock``) expires the unpaid ones and gives back their stock and coupon
-use. ``mark_paid`` is the seam for the payments provider (later): an order
-becomes paid only while its hold is still valid.
-
-Not yet here (issue 9, later parts): pins on the commerce track, flash sales,
-the payments provider and its webhooks, orders after payment and after-sale,
-the SIGKILL durability test.
+``self.clock``) expires the unpaid ones and gives back their stock, flash-sale
+units and coupon use. An order becomes paid only through the payments
+provider's verified webhook event (plugins/_orders.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from shopcast.plugins._api import ANONYMOUS, Api, field_error, format_time
 from shopcast.plugins._hookspecs import hookimpl
 from shopcast.plugins._orders import OrdersMixin, OrderStore
 from shopcast.plugins._orders import order_view as _order_view
+from shopcast.plugins._rooms import RoomStore
 from shopcast.plugins._pins import COMMERCE_TRACK, PinsMixin, PinStore, flash_window_error
 from shopcast.plugins._storage import Migration
 from shopcast.server._log import get_logger
@@ -383,6 +385,7 @@ class CommercePlugin(PinsMixin, OrdersMixin):
         self.plugins: Any = None
         self.db: Any = None
         self.clock = time.time
+        self._rules_cache: list[dict[str, Any]] | None = None
 
     # --- hooks ------------------------------------------------------------------------------
 
@@ -463,21 +466,6 @@ class CommercePlugin(PinsMixin, OrdersMixin):
                 await self.expire_holds()
             except Exception:
                 log.error("hold_expiry_failed", exc_info=True)
-
-    async def mark_paid(self, order_id: str) -> dict[str, Any] | None:
-        """Pay a pending order whose hold has not expired (the payments
-        provider's seam); the paid order, or None when it could not be paid."""
-        now = self.clock()
-
-        def pay(c: sqlite3.Connection) -> dict[str, Any] | None:
-            cursor = c.execute("UPDATE orders SET state = 'paid', paid_at = ? WHERE id = ? AND "
-                               "state = 'pending' AND expires_at > ?", (now, order_id, now))
-            return CommerceStore.order(c, order_id) if cursor.rowcount == 1 else None
-
-        order = await self.db.write(pay)
-        if order is not None:
-            await self.plugins.notify("shopcast_order_paid", order=_order_view(order))
-        return order
 
     # --- routes -----------------------------------------------------------------------------
 
@@ -654,6 +642,13 @@ class CommercePlugin(PinsMixin, OrdersMixin):
 
     # --- helpers ----------------------------------------------------------------------------
 
+    async def _rules(self) -> list[dict[str, Any]]:
+        """The restricted goods catalogue, kept in memory between its edits
+        (this process is its only writer)."""
+        if self._rules_cache is None:
+            self._rules_cache = await self.db.read(CommerceStore.rules)
+        return self._rules_cache
+
     async def _product(self, product_id: str) -> dict[str, Any]:
         product = await self.db.read(lambda c: CommerceStore.product(c, product_id))
         if product is None:
@@ -715,7 +710,7 @@ class CommercePlugin(PinsMixin, OrdersMixin):
                 or await rooms._is_team(room, owner)):
             raise HTTPError(403, "not_your_product", "only products of the room's owner and team, "
                             "or a platform's, may be put on its list", "product_id")
-        rule = restricted_match(product, await self.db.read(CommerceStore.rules))
+        rule = restricted_match(product, await self._rules())
         if rule is not None:
             raise HTTPError(409, "restricted_goods", f"product {product_id} matches "
                             f"{_rule_text(rule)}; it cannot be sold in a room", "product_id")
@@ -748,7 +743,7 @@ class CommercePlugin(PinsMixin, OrdersMixin):
     # --- handlers: restricted goods ---------------------------------------------------------
 
     async def list_rules(self, request, claims, body, query) -> Response:
-        rules = await self.db.read(CommerceStore.rules)
+        rules = await self._rules()
         return Response.json({"rules": [_rule_view(r) for r in rules]},
                              headers=(("cache-control", "public, max-age=60"),))
 
@@ -775,7 +770,9 @@ class CommercePlugin(PinsMixin, OrdersMixin):
                       (now, claims.subject, "restricted_goods_add", str(rule_id), body["value"]))
             return dict(c.execute("SELECT * FROM restricted_rules WHERE id = ?", (rule_id,)).fetchone())
 
-        return Response.json(_rule_view(await self.db.write(add)), status=201)
+        rule = await self.db.write(add)
+        self._rules_cache = None
+        return Response.json(_rule_view(rule), status=201)
 
     async def remove_rule(self, request, claims, body, query, rule_id: str) -> Response:
         if not re.fullmatch(r"\d{1,12}", rule_id):
@@ -790,7 +787,9 @@ class CommercePlugin(PinsMixin, OrdersMixin):
                                                      rule_id, ""))
             return count
 
-        if not await self.db.write(remove):
+        removed = await self.db.write(remove)
+        self._rules_cache = None
+        if not removed:
             raise HTTPError(404, "not_found", f"no rule {rule_id!r}", "rule_id")
         return Response(204)
 
@@ -833,18 +832,20 @@ class CommercePlugin(PinsMixin, OrdersMixin):
         buyer_id = account["id"]
         digest = hashlib.sha256(json.dumps({"room_id": room_id, "body": body}, sort_keys=True,
                                            separators=(",", ":")).encode()).hexdigest()
-        rooms = self.plugins.get("rooms")
-        room = await rooms.get(room_id)
-        rules = await self.db.read(CommerceStore.rules)
+        rules = await self._rules()
 
-        def look_up(c: sqlite3.Connection) -> dict[str, Any] | None:
+        def look_up(c: sqlite3.Connection) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+            # One read for both: Buy Now is the request a flash sale multiplies.
+            room = RoomStore.get(c, room_id)
             sku = c.execute("SELECT product_id FROM skus WHERE id = ?", (body["sku_id"],)).fetchone()
-            return CommerceStore.product(c, sku["product_id"]) if sku else None
+            return room, CommerceStore.product(c, sku["product_id"]) if sku else None
 
         # Vetoes are synchronous hooks, asked here on the event loop, not in the
         # database thread; the answer is kept under the idempotency key like any refusal.
         veto = None
-        product = await self.db.read(look_up)
+        room, product = await self.db.read(look_up)
+        if room is None:
+            raise HTTPError(404, "not_found", f"no room {room_id!r}", "room_id")
         if product is not None:
             veto = self.plugins.veto("shopcast_order_may_place", order={
                 "room_id": room_id, "buyer_id": buyer_id, "product_id": product["id"],
