@@ -252,6 +252,70 @@ def price_order(unit_price: int, quantity: int, coupon: dict[str, Any] | None) -
     return subtotal, discount, subtotal - discount
 
 
+class GroupCommit:
+    """Buy Now transactions that arrive together share one write transaction
+    and one commit: each runs in its own savepoint (one that raises is rolled
+    back alone and its caller gets the exception), and none is answered
+    before the commit. Under a flash sale the single writer's cost per
+    commit is shared by up to ``max_batch`` buyers; alone, a request waits
+    for one write as before.
+
+    Resource handling: ``serve`` runs in the plugin's nursery; ``run``
+    waits for it. Error handling: a failed commit fails every caller of
+    the batch with its exception."""
+
+    def __init__(self, db: Any, max_batch: int) -> None:
+        self.db = db
+        self.max_batch = max_batch
+        self._pending: list[tuple[Any, dict[str, Any]]] = []
+        self._wake = trio.Event()
+        self.batches = 0
+        self.transactions = 0
+
+    async def run(self, fn: Any) -> Any:
+        """``fn(connection)`` inside the next batch; its result or exception."""
+        slot: dict[str, Any] = {"done": trio.Event()}
+        self._pending.append((fn, slot))
+        self._wake.set()
+        await slot["done"].wait()
+        if "error" in slot:
+            raise slot["error"]
+        return slot["result"]
+
+    async def serve(self) -> None:
+        """Never returns unless cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._pending:
+                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+
+                def transaction(c: sqlite3.Connection, batch=batch) -> list[tuple[Any, Any]]:
+                    out = []
+                    for fn, _ in batch:
+                        c.execute("SAVEPOINT one")
+                        try:
+                            out.append((fn(c), None))
+                        except Exception as exc:  # noqa: BLE001 - handed to its own caller
+                            c.execute("ROLLBACK TO one")
+                            out.append((None, exc))
+                        c.execute("RELEASE one")
+                    return out
+
+                try:
+                    results = await self.db.write(transaction)
+                except Exception as exc:  # noqa: BLE001 - every caller of the batch hears it
+                    results = [(None, exc)] * len(batch)
+                self.batches += 1
+                self.transactions += len(batch)
+                for (_, slot), (result, error) in zip(batch, results):
+                    if error is not None:
+                        slot["error"] = error
+                    else:
+                        slot["result"] = result
+                    slot["done"].set()
+
+
 class _Refusal(Exception):
     """A Buy Now refused for a business reason: kept under the idempotency key."""
 
@@ -338,6 +402,7 @@ class CommerceStore:
     @staticmethod
     def forget(c: sqlite3.Connection, account_id: str) -> None:
         c.execute("DELETE FROM idempotency_keys WHERE buyer_id = ?", (account_id,))
+        c.execute("DELETE FROM complaints WHERE author_id = ?", (account_id,))
         c.execute("UPDATE orders SET buyer_id = ? WHERE buyer_id = ?",
                   (subject_digest(account_id), account_id))
         c.execute("DELETE FROM coupons WHERE owner_id = ?", (account_id,))
@@ -418,6 +483,8 @@ class CommercePlugin(PinsMixin, OrdersMixin):
     @hookimpl
     async def shopcast_startup(self, app: Any, nursery: trio.Nursery) -> None:
         self.db = app.db
+        self._buy_commits = GroupCommit(self.db, self.cfg.buy_batch_max)
+        nursery.start_soon(self._buy_commits.serve)
         await self._start_payments(app, nursery)
         nursery.start_soon(self._expire_forever)
         nursery.start_soon(self._pin_states_forever)
@@ -963,7 +1030,7 @@ class CommercePlugin(PinsMixin, OrdersMixin):
                       tuple(order.values()))
             return _order_view(order)
 
-        status, view, placed = await self.db.write(place)
+        status, view, placed = await self._buy_commits.run(place)
         if placed:
             log.info("order_placed", order=view["id"], sku=view["sku_id"], quantity=view["quantity"])
             await self.plugins.notify("shopcast_order_placed", order=view)

@@ -361,6 +361,7 @@ class CommerceConfig:
     coupon_uses_max: int = _spec(min=1, max=1 << 40, unit="count")
     restricted_rules_max: int = _spec(min=0, max=1_000_000, unit="count")
     idempotency_ttl_s: float = _spec(min=60.0, max=31_536_000.0, unit="s")
+    buy_batch_max: int = _spec(min=1, max=10_000, unit="count")
     pins_state_interval_s: float = _spec(min=0.1, max=60.0, unit="s")
     flash_countdown_min_s: int = _spec(min=0, max=3600, unit="s")
     flash_countdown_max_s: int = _spec(min=0, max=3600, unit="s")

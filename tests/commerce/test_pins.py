@@ -7,7 +7,6 @@ state of the pins. Flash-sale cards: the flash price and limits at Buy Now."""
 from pathlib import Path
 
 import msgpack
-import pytest
 import trio
 
 import shopcast.server
@@ -56,7 +55,6 @@ async def next_message(upstream, kind):
                 return frame, timestamp_us, message
 
 
-@pytest.mark.e2e
 async def test_pins_arrive_with_the_media_timestamps_of_their_frames(api, shop):
     app = api.app
     async with trio.open_nursery() as nursery:
