@@ -529,18 +529,20 @@ class OrdersMixin:
         try:
             verify_signature_untrusted(self.logistics_secret, request.header(LOGISTICS_SIGNATURE_HEADER),
                                        request.body, now=self.clock(),
-                                       tolerance_s=self.payments_cfg.webhook_tolerance_s)
+                                       tolerance_s=self.payments_cfg.webhook_tolerance_s,
+                                       max_chars=self.payments_cfg.signature_max_chars)
         except SignatureError as exc:
             raise HTTPError(400, "bad_signature", str(exc), "Logistics-Signature") from None
         data = request.json()
-        text_max = self.cfg.tracking_number_max_chars
-        for name, required in (("event_id", True), ("order_id", True), ("status", True),
-                               ("tracking_number", False), ("carrier", False)):
+        text_max, id_max = self.cfg.tracking_number_max_chars, self.cfg.name_max_chars
+        for name, required, longest in (("event_id", True, id_max), ("order_id", True, id_max),
+                                        ("status", True, id_max), ("tracking_number", False, text_max),
+                                        ("carrier", False, text_max)):
             value = data.get(name)
             if value is None and not required:
                 continue
-            if not isinstance(value, str) or not 1 <= len(value) <= max(text_max, 255):
-                raise field_error(name, "expected a non-empty string")
+            if not isinstance(value, str) or not 1 <= len(value) <= longest:
+                raise field_error(name, f"expected a string of 1 to {longest} characters")
         if data["status"] not in ("shipped", "delivered"):
             raise field_error("status", "expected 'shipped' or 'delivered'")
         now = self.clock()

@@ -403,6 +403,7 @@ class PaymentsConfig:
     senders: int = _spec(min=1, max=64, unit="count")
     reconcile_interval_s: float = _spec(min=0.1, max=86400.0, unit="s")
     card_max_chars: int = _spec(min=12, max=64, unit="chars")
+    signature_max_chars: int = _spec(min=80, max=65536, unit="chars")
     form_max_bytes: int = _spec(min=64, max=65536, unit="bytes")
 
     def __post_init__(self) -> None:
