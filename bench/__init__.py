@@ -12,6 +12,8 @@ from shopcast.bench._record import Record, format_table, to_json
 __all__ = ["Record", "main"]
 
 SUITES = ("micro", "fanout", "latency", "chat", "commerce")
+# Run only when named with --suite: slow, and needing Chromium and tests/web/node_modules.
+OPTIONAL_SUITES = ("glass",)
 
 
 def main(argv: list[str]) -> int:
@@ -24,8 +26,9 @@ def main(argv: list[str]) -> int:
                         help="also draw the compared figures as a PNG chart (needs matplotlib)")
     parser.add_argument("--config", metavar="FILE",
                         help="run the server under this configuration, to compare settings")
-    parser.add_argument("--suite", action="append", choices=SUITES,
-                        help="run only this suite (repeatable); default: all")
+    parser.add_argument("--suite", action="append", choices=SUITES + OPTIONAL_SUITES,
+                        help="run only this suite (repeatable); default: all but "
+                             + ", ".join(OPTIONAL_SUITES))
     arguments = parser.parse_args(argv)
     suites = arguments.suite or list(SUITES)
     records: list[Record] = []
@@ -42,10 +45,13 @@ def main(argv: list[str]) -> int:
         records += _rtmp_latency.run(arguments.quick, progress=sys.stderr, config=arguments.config)
     if "chat" in suites:
         from shopcast.bench import _chat
-        records += _chat.run(arguments.quick, progress=sys.stderr)
+        records += _chat.run(arguments.quick, progress=sys.stderr, config=arguments.config)
     if "commerce" in suites:
         from shopcast.bench import _commerce
         records += _commerce.run(arguments.quick, progress=sys.stderr, config=arguments.config)
+    if "glass" in suites:
+        from shopcast.bench import _glass
+        records += _glass.run(arguments.quick, progress=sys.stderr, config=arguments.config)
     print(format_table(records))
     if arguments.json:
         with open(arguments.json, "w", encoding="utf-8") as output:

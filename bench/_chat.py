@@ -1,6 +1,7 @@
-"""Chat load: deliveries per second at 1000 subscribers.
+"""Chat load: deliveries per second at 1000 subscribers, in process and over
+the network.
 
-A burst of messages from many accounts goes through the chat engine
+In process: a burst of messages from many accounts goes through the chat engine
 (validation, rate limits, batching per tick) and out on a relay track to
 1000 in-process subscribers, as the server's fan-out does before QUIC.
 Measured: message deliveries (messages x subscribers) per second of this
@@ -8,11 +9,21 @@ process's CPU, and the processing delay from a message's submission to its
 arrival at the subscribers, p50 and p99 (a message also waits up to one
 tick for its batch). QUIC's own per-packet cost is measured
 separately by the fan-out suite.
+
+Over the network: the server in its own process (pinned to one core where the
+machine allows), 1000 subscribers of the room's chat track and a few chat
+senders as real QUIC clients in another. Measured: deliveries (messages x
+subscribers) per second of wall time, the server's CPU per delivery, and the
+send-to-receipt delay p50/p99, which includes the wait for the tick. The
+per-account rate limit is raised for the run (a handful of senders stand for
+a crowd), through the same environment overrides an operator would use.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import TextIO
 
 import msgpack
@@ -81,11 +92,61 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else -1.0
 
 
-def run(quick: bool, progress: TextIO) -> list[Record]:
+def _network_run(subscribers: int, senders: int, rate: float, seconds: float, tick_ms: int | None,
+                 config: str | None) -> dict:
+    from shopcast.bench._fanout import _drive_clients, _start_shopcast
+
+    env = {"SHOPCAST_CHAT__BUCKET_CAPACITY": "10000", "SHOPCAST_CHAT__BUCKET_REFILL_PER_S": "1000"}
+    if tick_ms is not None:
+        env["SHOPCAST_CHAT__TICK_MS"] = str(tick_ms)
+    with tempfile.TemporaryDirectory(prefix="shopcast-bench-chat-") as tmp:
+        data_dir = Path(tmp) / "data"
+        server, port, sha = _start_shopcast(data_dir, config, env)
+        try:
+            return _drive_clients(
+                server, "shopcast.bench._chat_clients",
+                [f"https://127.0.0.1:{port}", sha, str(data_dir), str(subscribers), str(senders),
+                 str(rate), str(seconds)], seconds)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+            server.stdout.close()
+
+
+def _network(quick: bool, progress: TextIO, config: str | None) -> list[Record]:
+    subscribers = 100 if quick else SUBSCRIBERS
+    senders, rate, seconds = (4, 40.0, 3.0) if quick else (20, 100.0, 10.0)
+    # The tick is the operator's knob: each tick costs one packet per subscriber.
+    # None: the configuration's own (50 ms by default).
+    ticks: tuple[int | None, ...] = (None,) if quick else (None, 250)
+    records = []
+    for tick_ms in ticks:
+        label = "configured tick" if tick_ms is None else f"tick {tick_ms} ms"
+        print(f"bench chat: {rate:g} messages/s to {subscribers} QUIC subscribers for {seconds:g} s, "
+              f"{label}", file=progress)
+        result = _network_run(subscribers, senders, rate, seconds, tick_ms, config)
+        tag = f"chat/network-{subscribers}-subs" + ("" if tick_ms is None else f"/tick-{tick_ms}ms")
+        expected = result["sent"] * subscribers
+        records += [
+            Record("chat", f"{tag}/deliveries-per-s", result["deliveries"] / result["wall_s"],
+                   "deliveries/s"),
+            Record("chat", f"{tag}/server-cpu-per-delivery",
+                   result["cpu_s"] * 1e6 / max(1, result["deliveries"]), "us/delivery"),
+            Record("chat", f"{tag}/server-cpu-share", 100 * result["cpu_s"] / result["wall_s"], "% of a core"),
+            Record("chat", f"{tag}/clients-cpu-share", 100 * result["client_cpu_share"], "% of a core"),
+            Record("chat", f"{tag}/lost", 100 * (1 - result["deliveries"] / expected) if expected else 0.0,
+                   "%"),
+            Record("chat", f"{tag}/delay-p50", result["delay_p50_ms"], "ms"),
+            Record("chat", f"{tag}/delay-p99", result["delay_p99_ms"], "ms"),
+        ]
+    return records
+
+
+def run(quick: bool, progress: TextIO, config: str | None = None) -> list[Record]:
     messages = 2000 if quick else 20000
-    print(f"bench chat: {messages} messages to {SUBSCRIBERS} subscribers", file=progress)
+    print(f"bench chat: {messages} messages to {SUBSCRIBERS} in-process subscribers", file=progress)
     rate, _, delays = trio.run(_measure, messages, 50)
-    return [
+    return _network(quick, progress, config) + [
         Record("chat", f"chat/{SUBSCRIBERS}-subs/deliveries-per-cpu-s", rate, "deliveries/s"),
         # Processing only: a message also waits for the next tick ([chat]
         # tick_ms, 50 ms by default) and then the network.

@@ -69,8 +69,11 @@ def _read_until(stream, pattern: str, deadline_s: float) -> re.Match:
     raise RuntimeError(f"expected {pattern!r}; got:\n{''.join(lines)}")
 
 
-def _start_shopcast(data_dir: Path, config: str | None) -> tuple[subprocess.Popen, int, str]:
-    env = {**os.environ, "SHOPCAST_DEMO__ENABLED": "false", "SHOPCAST_LOG__LEVEL": "warning"}
+def _start_shopcast(data_dir: Path, config: str | None,
+                    env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int, str]:
+    # RTMP on a port of its own (0), so a server already on 1935 does not stop the run.
+    env = {**os.environ, "SHOPCAST_DEMO__ENABLED": "false", "SHOPCAST_LOG__LEVEL": "warning",
+           "SHOPCAST_RTMP__PORT": "0", **(env or {})}
     command = [sys.executable, "-m", "shopcast.server._cli", "serve", "--host", "127.0.0.1",
                "--port", "0", "--data-dir", str(data_dir)]
     if config:
@@ -89,9 +92,11 @@ def _host_token(data_dir: Path) -> str:
                                       now=time.time())
 
 
-def _drive(server: subprocess.Popen, client_args: list[str], seconds: float) -> dict:
-    """Run the clients process against ``server``; measure the server between GO and DONE."""
-    clients = subprocess.Popen([sys.executable, "-m", "shopcast.bench._fanout_clients", *client_args],
+def _drive_clients(server: subprocess.Popen, module: str, client_args: list[str],
+                   seconds: float) -> dict:
+    """Run the clients process ``module`` against ``server``; measure the server's CPU and
+    memory between GO and DONE; return the clients' JSON result with those added."""
+    clients = subprocess.Popen([sys.executable, "-m", module, *client_args],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                preexec_fn=_pin(1))
     try:
@@ -109,13 +114,21 @@ def _drive(server: subprocess.Popen, client_args: list[str], seconds: float) -> 
         clients.wait()
         clients.stdin.close()
         clients.stdout.close()
+    return {**result, "cpu_s": cpu_s, "wall_s": wall_s,
+            "rss_grown": max(0, rss_after - rss_before)}
+
+
+def _drive(server: subprocess.Popen, client_args: list[str], seconds: float) -> dict:
+    """Run the fan-out clients against ``server``; the cost per delivered packet."""
+    result = _drive_clients(server, "shopcast.bench._fanout_clients", client_args, seconds)
+    cpu_s, wall_s = result["cpu_s"], result["wall_s"]
     delivered_bytes = result["frames_received"] * result["frame_bytes"]
     packets = max(1, delivered_bytes // PACKET_BYTES)
     expected = result["frames_sent"] * result["subscribers"]
-    return {**result, "cpu_s": cpu_s, "wall_s": wall_s, "packets": packets,
+    return {**result, "packets": packets,
             "us_per_packet": cpu_s * 1e6 / packets, "packets_per_s": packets / wall_s,
             "loss": 1 - result["frames_received"] / expected if expected else 0.0,
-            "rss_per_subscriber": max(0, rss_after - rss_before) / result["subscribers"]}
+            "rss_per_subscriber": result["rss_grown"] / result["subscribers"]}
 
 
 def _floor(packets: int) -> dict[str, float]:

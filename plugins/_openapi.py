@@ -80,6 +80,15 @@ class OpenApiPlugin:
             if name in present:
                 api.document_route(method, pattern, name=name, tag=tag, summary=summary,
                                    roles=roles, responses=responses)
+        # The viewer pages (server/_pages.py) and the host console (server/_pages_host.py).
+        from shopcast.server._pages import documented_routes
+        from shopcast.server._pages_host import documented_host_routes
+
+        for method, pattern, name, summary, content_type, roles, responses in (
+                documented_routes() + documented_host_routes()):
+            if name in present:
+                api.document_route(method, pattern, name=name, tag="pages", summary=summary,
+                                   roles=roles, responses=responses, content_type=content_type)
 
     async def document(self, request, claims, body, query) -> Response:
         assert self.api is not None

@@ -131,7 +131,8 @@ class OrdersMixin:
             load_secret, "", app.data_dir, LOGISTICS_SECRET_FILE)
         webhook_url = cfg.webhook_url or f"https://127.0.0.1:{app.port}/api/v1/payments/webhook/test"
         self.provider = TestProvider(db=app.db, cfg=cfg, secret=self.payments_secret,
-                                     base_url=app.webtransport_base_url, webhook_url=webhook_url,
+                                     # Relative: the page is on whichever origin the buyer uses.
+                                     base_url="", webhook_url=webhook_url,
                                      ca_file=None if cfg.webhook_url else str(app.certificate.cert_path))
         self.provider.register_routes(app.router)
         self.events_applied = 0

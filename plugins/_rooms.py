@@ -392,8 +392,14 @@ class RoomsPlugin:
         accounts = self.plugins.get("accounts")
         account = await accounts.by_id(subject) if accounts is not None else None
         room = await self.db.read(lambda c: RoomStore.get(c, room_id))
-        if account is None or room is None:
+        if account is None:
             return None
+        if room is None:
+            # A broadcast that is no room of ours (the demo room): the account's name, and
+            # no host or team to follow.
+            return {"display_name": account["display_name"],
+                    "role": "operator" if role in ("operator", "service") else "viewer",
+                    "registered": True, "follows_host": False}
         team = await self.db.read(lambda c: RoomStore.team(c, room_id))
         if role in ("operator", "service"):
             chat_role = "operator"

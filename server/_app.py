@@ -25,6 +25,7 @@ from shopcast.server._datagram import DatagramServer
 from shopcast.server._http import serve_https
 from shopcast.server._log import get_logger
 from shopcast.server._metrics import CONTENT_TYPE, Registry
+from shopcast.server._pages_host import register_host_pages
 from shopcast.plugins._chat_engine import Author as ChatAuthor
 from shopcast.plugins._chat_engine import ChatLimits, message_record
 from shopcast.plugins._chat_engine import Role as ChatRole
@@ -163,6 +164,9 @@ class ServerApp:
                                metrics=self.metrics, public_host=self.public_host)
         self._register_metrics()
         self._register_routes()
+        # The viewer pages and /static/ (server/_pages.py).
+        from shopcast.server._pages import register_pages
+        register_pages(self)
         self.rtmp.register_routes(self.router, self.authorize)
         # Plugins (plugins/): found and checked here, so a bad plugin stops
         # start-up at once; their tables, routes and tasks come in start_plugins.
@@ -203,6 +207,8 @@ class ServerApp:
         add("GET", "/api/v1/server", self._server_info, "server_info")
         add("GET", "/api/v1/rooms/{room_id}/viewers", self._viewers, "room_viewers")
         add("GET", "/api/v1/rooms/{room_id}/chat", self._chat_download, "room_chat_download")
+        register_host_pages(self.router, max_age_s=self.config.http.static_max_age_s,
+                            settings=self.config.host_console)
 
     async def _viewers(self, request: Request, room_id: str) -> Response:
         broadcast = self.relay.broadcasts.get(room_id)

@@ -151,6 +151,8 @@ def _print_banner(started: Any) -> None:
     lines = [
         f"shopcast {shopcast.__version__} is serving",
         f"  web:          https://localhost:{started.port}/",
+        *([f"  demo room:    https://localhost:{started.port}/live/{app.config.demo.room}"]
+          if app.config.demo.enabled else []),
         f"  health:       curl -k https://localhost:{started.port}/healthz",
         f"  webtransport: {app.webtransport_base_url}",
         f"  certificate:  sha256 {app.certificate.sha256_hex}"

@@ -22,6 +22,9 @@ from shopcast.server._config import Config, load_config
 from shopcast.server._quic import H3Response, QuicConnectionDriver, QuicEndpoint, UdpTransport
 from shopcast.server._webtransport import WebTransportSession
 
+# A client PINGs this many times per idle timeout (count).
+KEEP_ALIVE_PER_IDLE = 3
+
 __all__ = [
     "CertificateMismatch",
     "client_configuration",
@@ -50,7 +53,7 @@ async def _connect(url: str, *, verify: bool, config: Config | None) -> AsyncIte
     inside is raised as itself, not wrapped in a group: the nursery only runs
     our own plumbing, so such an error is the caller's (a refused session, a
     wrong pin, or their own)."""
-    config = config or load_config(environ={})
+    config = config or _default_config()
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise ValueError(f"expected an https:// URL, got {url!r}")
@@ -71,6 +74,7 @@ async def _connect(url: str, *, verify: bool, config: Config | None) -> AsyncIte
             await nursery.start(endpoint.serve, [sock])
             driver = endpoint.connect(UdpTransport(sock), addr[:2] if family == socket.AF_INET else addr,
                                       client_configuration(parts.hostname, config, verify=verify))
+            nursery.start_soon(_keep_alive, driver)
             try:
                 yield _Connected(driver, authority, target)
             finally:
@@ -133,6 +137,37 @@ def _check_pin(connection, expected_hex: str) -> None:
     actual = hashlib.sha256(der).hexdigest()
     if actual != expected_hex.lower():
         raise CertificateMismatch(f"server certificate sha256 {actual} != pinned {expected_hex}")
+
+
+_DEFAULTS: list[Config] = []
+
+
+def _default_config() -> Config:
+    """The embedded defaults, parsed once per process (a client may open many connections)."""
+    if not _DEFAULTS:
+        _DEFAULTS.append(load_config(environ={}))
+    return _DEFAULTS[0]
+
+
+async def _keep_alive(driver: QuicConnectionDriver) -> None:
+    # A viewer of a quiet track sends nothing for long spells; a PING well
+    # inside the idle timeout keeps the connection (the server never pings).
+    while driver.quic._remote_max_idle_timeout is None:  # until the server's parameters arrive
+        await driver._handshake_progress()
+    uid = 0
+    while True:
+        await trio.sleep(_idle_timeout_s(driver.quic) / KEEP_ALIVE_PER_IDLE)
+        uid += 1
+        driver.quic.send_ping(uid)
+        driver.wake()
+
+
+def _idle_timeout_s(connection) -> float:
+    # The idle timeout in force is the smaller of ours and the peer's; aioquic
+    # keeps the peer's transport parameter private (aioquic 1.x).
+    remote = connection._remote_max_idle_timeout
+    local = connection.configuration.idle_timeout
+    return min(local, remote) if remote else local
 
 
 def _no_certificate():  # pragma: no cover - the client endpoint never accepts

@@ -237,6 +237,15 @@ class DemoConfig:
     clip: str = _spec()
 
 
+@dataclass(frozen=True)
+class WebConfig:
+    """[web]: the viewer pages (server/_pages.py, server/static/)."""
+
+    player_latency_ms: int = _spec(min=0, max=10_000, unit="ms")
+    chat_messages_shown: int = _spec(min=1, max=10_000, unit="count")
+    pins_poll_interval_s: float = _spec(min=0.5, max=600.0, unit="s")
+
+
 # --- plugins, storage, accounts, rooms, webhooks (plugins/) -------------------------
 
 
@@ -437,6 +446,24 @@ class ChatConfig:
 
 
 @dataclass(frozen=True)
+class HostConsoleConfig:
+    """[host_console]: what the host console (server/static/host/) encodes and how often it
+    refreshes; served to the page at /host/settings.json."""
+
+    capture_width_px: int = _spec(min=160, max=3840, unit="px")
+    capture_height_px: int = _spec(min=120, max=2160, unit="px")
+    capture_framerate_fps: float = _spec(min=1.0, max=60.0, unit="fps")
+    video_bitrate_bps: int = _spec(min=100_000, max=20_000_000, unit="bit/s")
+    audio_bitrate_bps: int = _spec(min=16_000, max=256_000, unit="bit/s")
+    keyframe_interval_ms: int = _spec(min=250, max=10_000, unit="ms")
+    max_encode_queue_frames: int = _spec(min=1, max=30, unit="frames")
+    capture_log_frames: int = _spec(min=100, max=1_000_000, unit="frames")
+    poll_interval_ms: int = _spec(min=250, max=60_000, unit="ms")
+    chat_shown_messages: int = _spec(min=10, max=10_000, unit="count")
+    mute_s: int = _spec(min=1, max=86_400, unit="s")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per TOML section."""
 
@@ -450,6 +477,7 @@ class Config:
     media: MediaConfig
     relay: RelayConfig
     demo: DemoConfig
+    web: WebConfig
     chat: ChatConfig
     datagram: DatagramConfig
     rtmp: RtmpConfig
@@ -460,6 +488,7 @@ class Config:
     webhooks: WebhooksConfig
     commerce: CommerceConfig
     payments: PaymentsConfig
+    host_console: HostConsoleConfig
 
     @property
     def data_path(self) -> Path:

@@ -1,0 +1,539 @@
+// The host console: /host lists, creates and schedules rooms; /host/{room id} goes live
+// from this browser (camera + microphone, WebCodecs, moq-lite) or shows the OBS push
+// settings, pins products, starts flash sales, shows live figures and moderates chat.
+
+import { chooseLanguage, t, translate } from "./i18n.js";
+import { MoqSession } from "./moq.js";
+import { CameraPublisher } from "./capture.js";
+import * as msgpack from "../lib/msgpack.js";
+
+const TOKEN_KEY = "shopcast.token";
+const CHAT_RATE_WINDOW_MS = 60_000; // "per minute" is counted over this window
+const GO_LIVE_LEAD_MS = 2000;       // "go live now" moves the start this far ahead (it must not be past)
+// The server's [host_console] section (conf/default.toml), loaded before anything runs.
+const settings = await fetch("/host/settings.json").then((r) => {
+  if (!r.ok) throw new Error(`/host/settings.json: HTTP ${r.status}`);
+  return r.json();
+}).catch((error) => {
+  document.getElementById("error").textContent = String(error.message || error);
+  throw error;
+});
+
+const $ = (id) => document.getElementById(id);
+let lang = chooseLanguage();
+
+// What tests and the glass-to-glass benchmark read.
+const state = { room: null, setup: null, server: null, stream: null, session: null, broadcast: null,
+  publisher: null, chat: null, chatTimes: [], figures: {}, pinsAvailable: null, lastError: null };
+window.hostConsole = state;
+
+// --- helpers ---------------------------------------------------------------------------------
+
+function say(key, extra = "") { $("status").textContent = t(lang, key) + (extra ? ` ${extra}` : ""); }
+
+function fail(error) {
+  state.lastError = error;
+  const field = error && error.field ? ` (${error.field})` : "";
+  $("error").textContent = `${t(lang, "error")}: ${error.message || error}${field}`;
+}
+
+function clearError() { $("error").textContent = ""; }
+
+async function api(method, path, body) {
+  const headers = { accept: "application/json" };
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (token) headers.authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = { message: text }; }
+  if (response.status === 401 && !path.startsWith("/api/v1/auth/")) showLogin();
+  return { status: response.status, ok: response.ok, data };
+}
+
+/** The error object of an API answer (field, message), for fail(). */
+function apiError(answer) {
+  const error = (answer.data && (answer.data.error || answer.data)) || {};
+  return { message: error.message || `HTTP ${answer.status}`, field: error.field, code: error.code };
+}
+
+function show(view) {
+  for (const id of ["login-view", "rooms-view", "room-view"]) $(id).hidden = id !== view;
+}
+
+function listOf(text) { return text.split(",").map((s) => s.trim()).filter(Boolean); }
+
+function money(minor, currency) {
+  if (minor === undefined || minor === null) return "–";
+  return `${(minor / 100).toFixed(2)} ${currency || ""}`.trim();
+}
+
+// --- log in ----------------------------------------------------------------------------------
+
+function showLogin() {
+  localStorage.removeItem(TOKEN_KEY);
+  $("logout").hidden = true;
+  $("who").textContent = "";
+  show("login-view");
+}
+
+$("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearError();
+  const form = new FormData(event.target);
+  const answer = await api("POST", "/api/v1/auth/login", { name: form.get("name"), password: form.get("password") });
+  if (!answer.ok) return fail(apiError(answer));
+  localStorage.setItem(TOKEN_KEY, answer.data.access_token);
+  route();
+});
+
+$("logout").addEventListener("click", () => { showLogin(); });
+
+// --- rooms list and creation -----------------------------------------------------------------
+
+async function showRooms(me) {
+  show("rooms-view");
+  const answer = await api("GET", `/api/v1/rooms/search?host=${encodeURIComponent(me.name)}&state=any&per_page=100`);
+  const list = $("rooms");
+  list.replaceChildren();
+  const rooms = answer.ok ? answer.data.rooms : [];
+  if (!rooms.length) {
+    const li = document.createElement("li");
+    li.textContent = t(lang, "no_rooms");
+    list.append(li);
+  }
+  for (const room of rooms) {
+    const li = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = `/host/${room.id}`;
+    link.textContent = room.title;
+    li.append(link, ` · ${t(lang, `state_${room.state}`)} · ${new Date(room.scheduled_start).toLocaleString()}`);
+    list.append(li);
+  }
+  const start = $("create-form").elements.scheduled_start;
+  if (!start.value) start.value = localInput(new Date(Date.now() + 3600_000));
+}
+
+function localInput(date) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+$("create-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearError();
+  const form = event.target;
+  for (const el of form.elements) el.removeAttribute("aria-invalid");
+  const f = form.elements;
+  const start = new Date(f.scheduled_start.value);
+  const body = {
+    title: f.title.value.trim(),
+    description: f.description.value,
+    scheduled_start: Number.isNaN(start.getTime()) ? f.scheduled_start.value : start.toISOString(),
+    duration_s: Math.round(Number(f.duration_min.value) * 60),
+    keywords: listOf(f.keywords.value),
+    hashtags: listOf(f.hashtags.value),
+    orientation: f.orientation.value,
+    language: f.language.value.trim(),
+    region: f.region.value.trim().toUpperCase(),
+    target_regions: listOf(f.target_regions.value.toUpperCase()),
+    team: listOf(f.team.value),
+  };
+  if (f.cover_image_url.value.trim()) body.cover_image_url = f.cover_image_url.value.trim();
+  const answer = await api("POST", "/api/v1/rooms", body);
+  if (!answer.ok) {
+    const error = apiError(answer);
+    const name = error.field && error.field.split(/[[.]/)[0];
+    const input = name && (f[name] || (name === "duration_s" && f.duration_min));
+    if (input) { input.setAttribute("aria-invalid", "true"); input.focus(); }
+    return fail(error);
+  }
+  say("created");
+  location.assign(`/host/${answer.data.room.id}`);
+});
+
+// --- one room --------------------------------------------------------------------------------
+
+async function showRoom(roomId) {
+  show("room-view");
+  $("back").hidden = false;
+  const [setup, server] = await Promise.all([api("GET", `/api/v1/rooms/${roomId}/setup`), api("GET", "/api/v1/server")]);
+  if (!setup.ok) return fail(apiError(setup));
+  state.setup = setup.data;
+  state.server = server.data;
+  renderRoom(setup.data.room);
+  renderPush(setup.data.push);
+  if (typeof WebTransport === "undefined") { fail({ message: t(lang, "no_webtransport") }); $("start-camera").disabled = true; }
+  else if (typeof VideoEncoder === "undefined") { fail({ message: t(lang, "no_webcodecs") }); $("start-camera").disabled = true; }
+  await loadProducts(roomId);
+  poll(roomId);
+}
+
+function renderRoom(room) {
+  state.room = room;
+  $("room-title").textContent = room.title;
+  $("room-state").textContent = t(lang, `state_${room.state}`);
+  $("room-state").dataset.state = room.state;
+  $("room-start").dateTime = room.scheduled_start;
+  $("room-start").textContent = new Date(room.scheduled_start).toLocaleString();
+  const open = room.state === "scheduled" || room.state === "rehearsal";
+  // "Go live now" brings the start forward; it applies to an OBS push too (rehearsal).
+  $("go-live").disabled = !(room.state === "rehearsal" || (room.state === "scheduled" && state.broadcast));
+  if (!open && room.state !== "live") {
+    for (const id of ["start-camera", "publish", "go-live"]) $(id).disabled = true;
+  }
+}
+
+function renderPush(push) {
+  $("push").hidden = !push;
+  $("push-off").hidden = !!push;
+  if (!push) return;
+  $("server-url").value = push.server_url;
+  $("stream-key").value = push.stream_key;
+  $("push-url").value = push.push_url;
+}
+
+for (const button of document.querySelectorAll("button.copy")) {
+  button.addEventListener("click", async () => {
+    const input = $(button.dataset.copy);
+    input.select();
+    try { await navigator.clipboard.writeText(input.value); } catch { document.execCommand("copy"); }
+    say("copied");
+  });
+}
+
+$("rotate-key").addEventListener("click", async () => {
+  const answer = await api("POST", `/api/v1/rooms/${state.room.id}/stream-key`, {});
+  if (!answer.ok) return fail(apiError(answer));
+  renderPush(answer.data.push);
+});
+
+$("start-camera").addEventListener("click", async () => {
+  clearError();
+  try {
+    state.stream = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: settings.capture_width_px }, height: { ideal: settings.capture_height_px },
+               frameRate: { ideal: settings.capture_framerate_fps } }, audio: true });
+  } catch (error) { return fail(error); }
+  $("preview").srcObject = state.stream;
+  $("publish").disabled = false;
+});
+
+$("publish").addEventListener("click", async () => {
+  clearError();
+  $("publish").disabled = true;
+  try {
+    await startPublishing();
+  } catch (error) {
+    $("publish").disabled = false;
+    return fail(error);
+  }
+});
+
+async function startPublishing() {
+  const { publish } = state.setup;
+  // The console talks to the server that served it; publish.url names its path.
+  const url = new URL(new URL(publish.url).pathname, location.origin).toString();
+  state.session = await MoqSession.connect(url, { token: publish.token, certificateSha256: state.server.certificate.sha256 });
+  state.broadcast = state.session.publish(publish.broadcast);
+  state.publisher = new CameraPublisher(state.broadcast, {
+    width: settings.capture_width_px, height: settings.capture_height_px,
+    framerate: settings.capture_framerate_fps, videoBitrate: settings.video_bitrate_bps,
+    audioBitrate: settings.audio_bitrate_bps, keyframeIntervalUs: settings.keyframe_interval_ms * 1000,
+    maxEncodeQueue: settings.max_encode_queue_frames, captureLogFrames: settings.capture_log_frames });
+  await state.publisher.start(state.stream);
+  state.session.closed.then((info) => {
+    if (state.session && state.publisher && !state.publisher.stopped) {
+      fail({ message: `session closed: ${info.reason || info.closeCode}` });
+      stopPublishing();
+    }
+  });
+  $("publish-state").textContent = t(lang, "publishing");
+  $("start-camera").disabled = true;
+  $("end-live").disabled = false;
+  renderRoom(state.room);
+  ensureChat();
+}
+
+/** Join the chat once the relay has the broadcast (it subscribes to our catalog then);
+ * called again on every refresh, so a refused or dropped chat session comes back. */
+function ensureChat() {
+  if (!state.publisher || state.publisher.stopped || state.chat || state.chatConnecting) return;
+  state.chatConnecting = state.publisher.catalogTrack.subscribed
+    .then(() => connectChat())
+    .catch((error) => {
+      closeChat();
+      $("chat-state").textContent = String(error.message || error);
+    })
+    .finally(() => { state.chatConnecting = null; });
+}
+
+function closeChat() {
+  if (state.chat) { try { state.chat.transport.close(); } catch { /* closed */ } state.chat = null; }
+  if (state.unsubscribeChat) { state.unsubscribeChat(); state.unsubscribeChat = null; }
+}
+
+function stopPublishing() {
+  if (state.publisher) state.publisher.stop();
+  closeChat();
+  if (state.session) state.session.close();
+  state.session = null;
+  state.broadcast = null;
+  $("end-live").disabled = true;
+  $("go-live").disabled = true;
+  $("publish-state").textContent = t(lang, "ended_soon");
+}
+
+$("go-live").addEventListener("click", async () => {
+  clearError();
+  const start = new Date(Date.now() + GO_LIVE_LEAD_MS).toISOString();
+  const answer = await api("PATCH", `/api/v1/rooms/${state.room.id}`, { scheduled_start: start });
+  if (!answer.ok) return fail(apiError(answer));
+  renderRoom(answer.data);
+});
+
+$("end-live").addEventListener("click", () => { stopPublishing(); });
+
+// --- figures, pins, room state ---------------------------------------------------------------
+
+async function poll(roomId) {
+  for (;;) {
+    await refresh(roomId).catch((error) => fail(error));
+    await new Promise((resolve) => setTimeout(resolve, settings.poll_interval_ms));
+  }
+}
+
+async function refresh(roomId) {
+  const [room, viewers, sales, pins] = await Promise.all([
+    api("GET", `/api/v1/rooms/${roomId}`), api("GET", `/api/v1/rooms/${roomId}/viewers`),
+    api("GET", `/api/v1/rooms/${roomId}/sales`), api("GET", `/api/v1/rooms/${roomId}/pins`)]);
+  if (room.ok) renderRoom(room.data);
+  await loadProducts(roomId);
+  ensureChat();
+  const figures = state.figures;
+  // This console's own chat-track subscription is one of the sessions the relay counts.
+  const own = state.unsubscribeChat ? 1 : 0;
+  figures.viewers = viewers.ok ? Math.max(0, viewers.data.concurrent - own) : null;
+  figures.peak = viewers.ok ? Math.max(0, viewers.data.peak - own) : null;
+  $("fig-viewers").textContent = figures.viewers ?? "–";
+  $("fig-peak").textContent = figures.peak ?? "–";
+  const now = performance.now();
+  state.chatTimes = state.chatTimes.filter((at) => now - at < CHAT_RATE_WINDOW_MS);
+  figures.chatPerMinute = state.chat ? state.chatTimes.length : null;
+  $("fig-chat").textContent = figures.chatPerMinute ?? "–";
+  // Sales and pins come with the commerce plugin; until then these answer 404 and stay blank.
+  if (sales.ok) {
+    Object.assign(figures, { orders: sales.data.orders, paid: sales.data.paid_orders, gmv: sales.data.gmv_minor });
+    $("fig-orders").textContent = sales.data.orders;
+    $("fig-paid").textContent = sales.data.paid_orders;
+    $("fig-gmv").textContent = money(sales.data.gmv_minor, sales.data.currency);
+  }
+  state.pinsAvailable = pins.ok;
+  $("pins-unavailable").hidden = pins.ok;
+  if (pins.ok) renderPins(pins.data.pins);
+}
+
+async function loadProducts(roomId) {
+  const answer = await api("GET", `/api/v1/rooms/${roomId}/products`);
+  const products = answer.ok ? answer.data.products : [];
+  // Redrawn only when the list changes, so a keyboard user's focus stays where it is.
+  const signature = JSON.stringify(products.map((p) => [p.id, p.title, p.skus]));
+  if (signature === state.productsSignature) return;
+  state.productsSignature = signature;
+  const list = $("products");
+  const select = $("flash-product");
+  list.replaceChildren();
+  select.replaceChildren();
+  if (!products.length) {
+    const li = document.createElement("li");
+    li.textContent = t(lang, "no_products");
+    list.append(li);
+  }
+  for (const product of products) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = `${t(lang, "pin")}: ${product.title}`;
+    button.addEventListener("click", () => pin({ kind: "product", product_id: product.id }));
+    // The room list gives prices per SKU; a pin's product carries price_minor (CONTRACTS.md).
+    const sku = (product.skus || [])[0] || {};
+    li.append(`${product.title} · ${money(product.price_minor ?? sku.price, product.currency ?? sku.currency)} `, button);
+    list.append(li);
+    const option = document.createElement("option");
+    option.value = product.id;
+    option.textContent = product.title;
+    select.append(option);
+  }
+}
+
+/** The media time of the frame on the host's preview, sent with pins (CONTRACTS.md). */
+function previewMediaUs() {
+  return state.publisher && state.publisher.latestVideoUs !== null ? state.publisher.latestVideoUs : undefined;
+}
+
+async function pin(body) {
+  clearError();
+  const answer = await api("POST", `/api/v1/rooms/${state.room.id}/pins`, { ...body, media_us: previewMediaUs() });
+  if (answer.status === 404 && !(answer.data && answer.data.error && answer.data.error.field)) {
+    $("pins-unavailable").hidden = false;
+    return;
+  }
+  if (!answer.ok) return fail(apiError(answer));
+  await refresh(state.room.id);
+}
+
+function renderPins(pins) {
+  const list = $("pins");
+  list.replaceChildren();
+  for (const item of pins) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = `${t(lang, "unpin")}: ${item.product ? item.product.title : item.id}`;
+    button.addEventListener("click", async () => {
+      const answer = await api("DELETE", `/api/v1/rooms/${state.room.id}/pins/${item.id}`, { media_us: previewMediaUs() });
+      if (!answer.ok) return fail(apiError(answer));
+      await refresh(state.room.id);
+    });
+    const sale = item.flash_sale ? ` · ${money(item.flash_sale.price_minor, item.product && item.product.currency)}` : "";
+    li.append(`${item.kind}: ${item.product ? item.product.title : ""}${sale} `, button);
+    list.append(li);
+  }
+}
+
+$("flash-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const f = event.target.elements;
+  pin({ kind: "flash_sale", product_id: f.product_id.value, flash_sale: {
+    price_minor: Number(f.price_minor.value), countdown_s: Number(f.countdown_s.value),
+    duration_s: Number(f.duration_s.value), per_buyer_limit: Number(f.per_buyer_limit.value),
+    stock_cap: Number(f.stock_cap.value) } });
+});
+
+// --- chat: the room's chat track to read, a chat session to moderate -------------------------
+
+async function connectChat() {
+  const roomId = state.room.id;
+  const { token } = state.setup.publish;
+  const url = new URL("/chat", location.origin);
+  url.searchParams.set("room", roomId);
+  url.searchParams.set("token", token);
+  const hash = state.server.certificate.sha256;
+  const value = new Uint8Array(hash.match(/../g).map((h) => parseInt(h, 16)));
+  const transport = new WebTransport(url.toString(), { serverCertificateHashes: [{ algorithm: "sha-256", value }] });
+  await transport.ready;
+  transport.closed.catch(() => {}).finally(() => {
+    if (state.chat && state.chat.transport === transport) closeChat();
+  });
+  const incoming = transport.incomingBidirectionalStreams.getReader();
+  const { value: stream } = await incoming.read();
+  const writer = stream.writable.getWriter();
+  state.chat = { transport, writer, replies: [] };
+  $("chat-state").textContent = t(lang, "chat_connected");
+  readChatReplies(stream.readable).catch(() => {});
+  state.unsubscribeChat = await state.session.subscribe(roomId, "chat", 50, (frame) => {
+    const batch = msgpack.decode(frame);
+    for (const message of batch.messages || []) { state.chatTimes.push(performance.now()); addChat(message); }
+    for (const id of batch.deleted || []) document.querySelector(`#chat [data-id="${id}"]`)?.remove();
+  });
+}
+
+async function readChatReplies(readable) {
+  const reader = readable.getReader();
+  let buffer = new Uint8Array(0);
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    const joined = new Uint8Array(buffer.length + value.length);
+    joined.set(buffer);
+    joined.set(value, buffer.length);
+    buffer = joined;
+    while (buffer.length >= 2) {
+      const size = (buffer[0] << 8) | buffer[1];
+      if (buffer.length < 2 + size) break;
+      const reply = msgpack.decode(buffer.subarray(2, 2 + size));
+      buffer = buffer.slice(2 + size);
+      if (reply.type === "history") reply.messages.forEach(addChat);
+      else if (reply.type === "notice") fail({ message: reply.message, field: reply.field });
+      state.chat && state.chat.replies.push(reply);
+    }
+  }
+}
+
+function chatRequest(request) {
+  if (!state.chat) return;
+  const payload = msgpack.encode(request);
+  const framed = new Uint8Array(2 + payload.length);
+  framed[0] = payload.length >> 8;
+  framed[1] = payload.length & 0xff;
+  framed.set(payload, 2);
+  state.chat.writer.write(framed).catch((error) => fail(error));
+}
+
+function addChat(message) {
+  const list = $("chat");
+  if (list.querySelector(`[data-id="${message.id}"]`)) return;
+  const li = document.createElement("li");
+  li.dataset.id = message.id;
+  li.dataset.author = message.author;
+  const text = document.createElement("span");
+  text.textContent = `${message.name}: ${message.text} `;
+  li.append(text);
+  if (!message.host) {
+    for (const [key, request] of [
+      ["delete", { type: "delete", message_id: message.id }],
+      ["mute", { type: "mute", account: message.author, seconds: settings.mute_s }],
+      ["ban", { type: "ban", account: message.author }]]) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = t(lang, key);
+      button.setAttribute("aria-label", `${t(lang, key)}: ${message.name}: ${message.text}`);
+      button.addEventListener("click", () => chatRequest(request));
+      li.append(button);
+    }
+  }
+  list.append(li);
+  while (list.children.length > settings.chat_shown_messages) list.firstElementChild.remove();
+}
+
+// --- start -----------------------------------------------------------------------------------
+
+$("lang").value = lang;
+$("lang").addEventListener("change", async () => {
+  lang = $("lang").value;
+  localStorage.setItem("shopcast.lang", lang);
+  translate(document, lang);
+  clearError();
+  // Text made from data is drawn again in the new language.
+  if (state.me) renderWho(state.me);
+  if (state.room) {
+    renderRoom(state.room);
+    state.productsSignature = null;
+    await loadProducts(state.room.id);
+    $("publish-state").textContent = t(lang, state.session ? "publishing" : "not_publishing");
+    $("chat-state").textContent = t(lang, state.chat ? "chat_connected" : "chat_offline");
+  } else if (state.me && !$("rooms-view").hidden) {
+    await showRooms(state.me);
+  }
+});
+
+function renderWho(me) {
+  $("who").textContent = `${t(lang, "logged_in_as")} ${me.display_name || me.name}`;
+}
+translate(document, lang);
+
+async function route() {
+  clearError();
+  if (!localStorage.getItem(TOKEN_KEY)) return showLogin();
+  const me = await api("GET", "/api/v1/me");
+  if (!me.ok) return showLogin();
+  state.me = me.data;
+  renderWho(me.data);
+  $("logout").hidden = false;
+  const match = location.pathname.match(/^\/host\/([^/]+)$/);
+  if (match) await showRoom(match[1]);
+  else await showRooms(me.data);
+}
+
+route().catch((error) => fail(error));

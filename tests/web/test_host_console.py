@@ -1,0 +1,441 @@
+"""The host console (server/static/host/, server/_pages_host.py) in headless Chromium.
+
+The end-to-end test logs a host in, creates a room with every field, starts Chromium's
+fake camera and microphone, publishes (WebCodecs H.264 + Opus over the console's own
+moq-lite publisher), rehearses, goes live, and ends the live, while a second browser
+context plays the room with an unmodified ``@moq/watch`` and a Python subscriber
+(``shopcast.client``) receives the browser's video frames, which ffprobe decodes. The
+glass-to-glass delay is printed (bench/_glass.py measures it properly). Screenshots go to
+test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trio
+
+from shopcast.bench import _glass
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+PYTHON_FRAMES = 40
+"""Video frames the Python subscriber collects from the browser's broadcast."""
+
+
+def _get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=context, timeout=30) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as error:
+        return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
+
+
+async def test_console_pages_and_files_are_served(server_factory):
+    started = await server_factory(_glass.SERVER_OVERRIDES)
+    port = started.port
+
+    status, headers, body = await trio.to_thread.run_sync(_get, port, "/host")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert b'src="/static/host/console.js"' in body
+    status, _, room_page = await trio.to_thread.run_sync(_get, port, "/host/r0123456789abcdef")
+    assert status == 200 and room_page == body
+
+    status, headers, body = await trio.to_thread.run_sync(_get, port, "/host/not-a-room")
+    assert status == 404 and headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["field"] == "room_id"
+
+    for name in ("console.js", "moq.js", "capture.js", "i18n.js"):
+        status, headers, body = await trio.to_thread.run_sync(_get, port, f"/static/host/{name}")
+        assert status == 200, name
+        assert headers["content-type"] == "text/javascript; charset=utf-8"
+        assert body == (REPO / "server" / "static" / "host" / name).read_bytes()
+    for escape in ("/static/host/../_app.py", "/static/host/%2e%2e/_app.py", "/static/host/.hidden"):
+        status, _, _ = await trio.to_thread.run_sync(_get, port, escape)
+        assert status == 404, escape
+
+
+async def test_console_settings_come_from_the_host_console_section(server_factory):
+    started = await server_factory({**_glass.SERVER_OVERRIDES,
+                                    "host_console": {"video_bitrate_bps": 800_000, "mute_s": 120}})
+    status, headers, body = await trio.to_thread.run_sync(_get, started.port, "/host/settings.json")
+    assert status == 200 and headers["content-type"] == "application/json"
+    settings = json.loads(body)
+    assert settings == dataclasses.asdict(started.app.config.host_console)
+    assert settings["video_bitrate_bps"] == 800_000 and settings["mute_s"] == 120
+    assert settings["keyframe_interval_ms"] == 2000
+
+
+def test_a_bad_host_console_setting_names_the_key_and_the_range():
+    from shopcast.server._config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"SHOPCAST_HOST_CONSOLE__VIDEO_BITRATE_BPS": "5"})
+    assert info.value.key == "host_console.video_bitrate_bps"
+    assert "100000" in str(info.value) and "bit/s" in str(info.value)
+
+
+# Runs in the console page: every control of every view (hidden ones too) with the name a
+# screen reader announces: its label, its aria-label, or a button's text.
+UNLABELLED_CONTROLS = """() => [...document.querySelectorAll("input, select, textarea, button, video")]
+  .filter((el) => {
+    const labels = el.labels ? [...el.labels].map((l) => l.textContent.trim()).join("") : "";
+    const name = labels || (el.getAttribute("aria-label") || "").trim()
+      || (el.tagName === "BUTTON" ? el.textContent.trim() : "");
+    return !name;
+  })
+  .map((el) => el.outerHTML)"""
+
+# Runs in the console page: the JS wire encoders against values Python checks.
+JS_ENCODINGS = """async (values) => {
+  const moq = await import("/static/host/moq.js");
+  const msgpack = await import("/static/lib/msgpack.js");
+  const hex = (b) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return {
+    varints: values.map((v) => hex(moq.encodeVarint(v))),
+    frame: hex(moq.hangFrame(1234567, Uint8Array.of(1, 2, 3))),
+    decoded: moq.decodeHangFrame(moq.hangFrame(4000000000, Uint8Array.of(9)))[0],
+    packed: hex(msgpack.encode({type: "mute", account: "a1", seconds: 600, big: 70000, neg: -5,
+                                f: 0.5, ok: true, none: null, list: ["x", 1],
+                                long: "y".repeat(40)})),
+    unpacked: msgpack.decode(Uint8Array.from(%s)),
+  };
+}"""
+
+
+@pytest.mark.e2e
+async def test_console_login_form_errors_language_and_wire_encoders(server_factory, chromium, chromium_flags):
+    import msgpack
+
+    from shopcast.server.moq import encode_frame
+    from shopcast.server.moq._wire import encode_varint
+
+    started = await server_factory(_glass.SERVER_OVERRIDES)
+    port = started.port
+    await _glass.prepare_host(port)
+    values = [0, 63, 64, 16383, 16384, 2**30 - 1, 2**30, 0xFF0DAD02, 2**53 - 1]
+    sample = {"type": "history", "messages": [{"id": 7, "text": "你好", "t": 1.5, "reply_to": None}],
+              "n": -200, "u": 2**40}
+
+    async def drive() -> dict:
+        from playwright.async_api import async_playwright
+
+        out: dict = {}
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=chromium, args=chromium_flags)
+            try:
+                context = await browser.new_context(ignore_https_errors=True)
+                page = await context.new_page()
+                await page.goto(f"https://127.0.0.1:{port}/host")
+                await page.wait_for_selector("#login-view:not([hidden])")
+                out["unlabelled"] = await page.evaluate(UNLABELLED_CONTROLS)
+                # Keyboard only: Tab reaches the account name field.
+                for _ in range(10):
+                    await page.keyboard.press("Tab")
+                    if await page.evaluate("document.activeElement.name") == "name":
+                        break
+                out["tab_reached"] = await page.evaluate("document.activeElement.name")
+                login = page.locator("#login-form")
+                await login.get_by_label("Account name").fill(_glass.HOST_NAME)
+                await login.get_by_label("Password").fill("wrong password")
+                await login.get_by_label("Password").press("Enter")
+                await page.wait_for_function("document.getElementById('error').textContent.length > 0")
+                out["login_error"] = await page.locator("#error").inner_text()
+                await login.get_by_label("Password").fill(_glass.HOST_PASSWORD)
+                await login.get_by_role("button", name="Log in").click()
+                await page.wait_for_selector("#rooms-view:not([hidden]) #rooms li")
+                out["no_rooms"] = await page.locator("#rooms").inner_text()
+
+                form = page.locator("#create-form")
+                await form.get_by_label("Title").fill("Bad region")
+                await form.get_by_label("Region (ISO country code", exact=False).fill("X1")
+                await form.get_by_role("button", name="Create room").click()
+                await page.wait_for_function("document.getElementById('error').textContent.length > 0")
+                out["create_error"] = await page.locator("#error").inner_text()
+                out["region_invalid"] = await form.get_by_label(
+                    "Region (ISO country code", exact=False).get_attribute("aria-invalid")
+                out["url_after_error"] = page.url
+
+                await page.get_by_label("Language", exact=True).select_option("zh")
+                out["zh_heading"] = await page.locator("h1").inner_text()
+                out["zh_button"] = await form.locator("button[type=submit]").inner_text()
+                # The list is drawn again from data, after the change event.
+                await page.locator("#rooms li", has_text="还没有直播间。").wait_for()
+                out["zh_rooms"] = await page.locator("#rooms").inner_text()
+                out["zh_who"] = await page.locator("#who").inner_text()
+                out["lang_attr"] = await page.evaluate("document.documentElement.lang")
+                out["encodings"] = await page.evaluate(
+                    JS_ENCODINGS % json.dumps(list(msgpack.packb(sample))), values)
+                ARTIFACTS.mkdir(exist_ok=True)
+                await page.screenshot(path=str(ARTIFACTS / "host-console-rooms-zh.png"), full_page=True)
+            finally:
+                await browser.close()
+        return out
+
+    out = await trio.to_thread.run_sync(lambda: asyncio.run(drive()))
+    assert out["unlabelled"] == [], out["unlabelled"]
+    assert out["tab_reached"] == "name"
+    assert out["login_error"], out
+    assert "No rooms yet." in out["no_rooms"]
+    # The rooms plugin's refusal reaches the host, naming the field; nothing was created.
+    assert "region" in out["create_error"], out
+    assert out["region_invalid"] == "true"
+    assert out["url_after_error"].endswith("/host")
+    assert out["zh_heading"] == "主播控制台" and out["zh_button"] == "创建直播间"
+    assert out["zh_rooms"] == "还没有直播间。" and out["zh_who"] == f"当前账号 {_glass.HOST_NAME}"
+    assert out["lang_attr"] == "zh-CN"
+    encodings = out["encodings"]
+    assert encodings["varints"] == [encode_varint(v).hex() for v in values]
+    assert encodings["frame"] == encode_frame(1234567, b"\x01\x02\x03").hex()
+    assert encodings["decoded"] == 4000000000
+    assert msgpack.unpackb(bytes.fromhex(encodings["packed"])) == {
+        "type": "mute", "account": "a1", "seconds": 600, "big": 70000, "neg": -5, "f": 0.5,
+        "ok": True, "none": None, "list": ["x", 1], "long": "y" * 40}
+    assert encodings["unpacked"] == sample
+
+
+async def _receive_browser_video(port: int, sha256: str, room_id: str, ffprobe: str,
+                                 scratch: Path) -> dict:
+    """Subscribe to the room as a Python client, collect the browser's H.264 frames from a
+    keyframe on, and have ffprobe decode them."""
+    from shopcast.client import connect, decode_frame_untrusted
+    from shopcast.codecs import avcc_to_annexb_untrusted, parse_avcc_record_untrusted
+
+    async with connect(f"https://127.0.0.1:{port}/moq", certificate_sha256=sha256) as client:
+        with trio.fail_after(20):
+            catalog = await client.catalog(room_id)
+            video = await client.subscribe(room_id, "video")
+            frames: list[tuple[int, bytes]] = []
+            async for frame in video.frames:
+                if not frames and frame.index != 0:
+                    continue  # start at a group's keyframe
+                frames.append(decode_frame_untrusted(frame.payload))
+                if len(frames) >= PYTHON_FRAMES:
+                    break
+    rendition = catalog.video[0]
+    config = parse_avcc_record_untrusted(rendition.description)
+    start = b"\x00\x00\x00\x01"
+    stream = b"".join(start + nal for nal in (*config.sps, *config.pps))
+    stream += b"".join(avcc_to_annexb_untrusted(bytes(payload), config.length_size) for _, payload in frames)
+    path = scratch / "browser-video.h264"
+    path.write_bytes(stream)
+    probe = subprocess.run(
+        [ffprobe, "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+         "stream=codec_name,width,height,nb_read_frames", "-of", "json", str(path)],
+        capture_output=True, text=True, timeout=60)
+    return {"catalog": catalog, "timestamps_us": [t for t, _ in frames],
+            "probe": json.loads(probe.stdout or "{}"), "probe_error": probe.stderr}
+
+
+PRODUCT_TITLE = "Trail runner 2"
+PINS_PATTERN = "/api/v1/rooms/{room_id}/pins"
+
+
+class LiveChecks(_glass.ConsoleHooks):
+    """What the test does beside the browser at each stage; runs in the browser driver's
+    thread, handing Python work back to trio with trio.from_thread.run."""
+
+    def __init__(self, app, port: int, host_token: str, ffprobe: str, scratch: Path,
+                 nursery: trio.Nursery) -> None:
+        self.app, self.port, self.host_token = app, port, host_token
+        self.ffprobe, self.scratch, self.nursery = ffprobe, scratch, nursery
+        self.sha256 = app.certificate.sha256_hex
+        self.received: dict = {}
+        self.rehearsal_refusal: int | None = None
+        self.chat_replies: tuple = ()
+        self.chat_close: tuple = ()
+        self.banned = trio.Event()
+        self.chat_rate = ""
+        self.pins_served = any(pattern == PINS_PATTERN for _, pattern, _ in app.router.route_table())
+        self.pin_outcome = ""
+        self.pin_requests: list[tuple[dict, int]] = []
+
+    async def created(self, room_id: str, host) -> None:
+        def add_product() -> None:
+            status, product = _glass.api_call(self.port, "POST", "/api/v1/products", {
+                "title": PRODUCT_TITLE, "category": "footwear", "description": "Light trail shoe.",
+                "skus": [{"name": "EU 42", "price": 5999, "currency": "EUR", "stock": 100}]},
+                token=self.host_token)
+            assert status == 201, product
+            status, body = _glass.api_call(
+                self.port, "PUT", f"/api/v1/rooms/{room_id}/products/{product['id']}", {},
+                token=self.host_token)
+            assert status in (200, 201), body
+
+        await asyncio.to_thread(add_product)
+        # The console picks the product list up by itself.
+        await host.get_by_role("button", name=f"Pin: {PRODUCT_TITLE}").wait_for()
+
+    async def rehearsal(self, room_id: str, host) -> None:
+        self.rehearsal_refusal = trio.from_thread.run(self._anonymous_subscribe, room_id)
+
+    async def _anonymous_subscribe(self, room_id: str) -> int | None:
+        from shopcast.client import connect
+
+        async with connect(f"https://127.0.0.1:{self.port}/moq", certificate_sha256=self.sha256) as client:
+            with trio.fail_after(10):
+                video = await client.subscribe(room_id, "video")
+                await video.ended.wait()
+                return video.end_code
+
+    async def live(self, room_id: str, host, viewer) -> None:
+        self.received = trio.from_thread.run(
+            _receive_browser_video, self.port, self.sha256, room_id, self.ffprobe, self.scratch)
+
+        # Chat: a Python viewer speaks; the host deletes one message and bans the viewer.
+        self.chat_replies = trio.from_thread.run(self.nursery.start, self._chat_viewer, room_id)
+        first = host.locator("#chat li", has_text="first from python")
+        await first.wait_for()
+        await host.get_by_role("button", name="Delete: py-viewer: first from python").click()
+        await first.wait_for(state="detached")
+        await host.wait_for_function("Number(document.getElementById('fig-chat').textContent) >= 2")
+        self.chat_rate = await host.locator("#fig-chat").inner_text()
+        await host.get_by_role("button", name="Ban: py-viewer: second from python").click()
+        trio.from_thread.run(self._wait_banned)
+
+        # Viewers: the @moq/watch page (the Python subscribers have left; the console's own
+        # chat subscription is not counted).
+        await host.wait_for_function("document.getElementById('fig-viewers').textContent === '1'")
+
+        # Pin and flash sale through the commerce API (CONTRACTS.md); until that is merged the
+        # console says it is unavailable. The requests it sends are recorded as they leave.
+        def is_pin_post(request) -> bool:
+            return request.method == "POST" and request.url.endswith(f"/api/v1/rooms/{room_id}/pins")
+
+        async with host.expect_request(is_pin_post) as pin_request:
+            await host.get_by_role("button", name=f"Pin: {PRODUCT_TITLE}").click()
+        self.pin_requests.append((json.loads((await pin_request.value).post_data),
+                                  self._live_edge_us(room_id)))
+        if self.pins_served:
+            await host.locator("#pins li", has_text=PRODUCT_TITLE).wait_for()
+            self.pin_outcome = "pinned"
+        else:
+            await host.locator("#pins-unavailable").wait_for(state="visible")
+            self.pin_outcome = "unavailable"
+        flash = host.locator("#flash-form")
+        await flash.get_by_label("Product").select_option(label=PRODUCT_TITLE)
+        await flash.get_by_label("Sale price").fill("3999")
+        await flash.get_by_label("Countdown (s)").fill("15")
+        await flash.get_by_label("Duration (s)").fill("120")
+        await flash.get_by_label("Per buyer limit").fill("2")
+        await flash.get_by_label("Stock cap").fill("50")
+        async with host.expect_request(is_pin_post) as flash_request:
+            await flash.get_by_role("button", name="Start flash sale").click()
+        self.pin_requests.append((json.loads((await flash_request.value).post_data),
+                                  self._live_edge_us(room_id)))
+
+    def _live_edge_us(self, room_id: str) -> int:
+        from shopcast.server._interaction import live_edge_us
+
+        broadcast = self.app.relay.broadcasts.get(room_id)
+        return -1 if broadcast is None else live_edge_us(broadcast)
+
+    async def _chat_viewer(self, room_id: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from shopcast.client import connect_chat
+
+        token = self.app.tokens.mint(subject="py-viewer", role="viewer", room=room_id, ttl_s=600,
+                                     now=time.time())
+        async with connect_chat(f"https://127.0.0.1:{self.port}", room_id, token,
+                                certificate_sha256=self.sha256) as chat:
+            first = await chat.request(type="message", text="first from python")
+            second = await chat.request(type="message", text="second from python")
+            task_status.started((first, second))
+            await chat.session.wait_closed()
+            self.chat_close = (chat.session.close_code, chat.session.close_reason)
+            self.banned.set()
+
+    async def _wait_banned(self) -> None:
+        with trio.fail_after(10):
+            await self.banned.wait()
+
+
+@pytest.mark.e2e
+async def test_console_goes_live_from_fake_camera_while_others_watch(
+        server_factory, chromium, chromium_flags, web_packages, ffprobe, tmp_path, nursery):
+    started = await server_factory(_glass.SERVER_OVERRIDES)
+    app, port = started.app, started.port
+    host_token = await _glass.prepare_host(port)
+    bundle = tmp_path / "web"
+    bundle.mkdir()
+    await trio.to_thread.run_sync(_glass.build_watch_bundle, Path(web_packages), bundle)
+    checks = LiveChecks(app, port, host_token, ffprobe, tmp_path, nursery)
+
+    with _glass.serve_directory(bundle) as viewer_base:
+        glass = await trio.to_thread.run_sync(lambda: asyncio.run(_glass.drive_console(
+            chromium=chromium, flags=chromium_flags, port=port, viewer_base=viewer_base,
+            artifacts=ARTIFACTS, measure_s=5.0, hooks=checks)))
+
+    explain = f"{glass}\n" + "\n".join(glass.console_log[-40:])
+    assert glass.room_id and glass.states == ["rehearsal", "live", "ended"], explain
+    room = await app.plugins.get("rooms").get(glass.room_id)
+    assert room["state"] == "ended" and room["end_reason"] == "push_stopped"
+    assert room["keywords"] == ["camera", "latency"] and room["hashtags"] == ["live", "bench"]
+    assert room["target_regions"] == ["US", "DE"] and room["orientation"] == "landscape"
+    assert glass.room_id not in app.relay.broadcasts
+
+    # While rehearsing, the broadcast is private: an anonymous subscriber is refused.
+    assert checks.rehearsal_refusal == 6, checks.rehearsal_refusal  # moq-lite "unauthorized"
+
+    # The host's catalog: H.264 in AVC format with its avcC, Opus.
+    video = glass.catalog["video"]["renditions"]["video"]
+    assert video["codec"].startswith("avc1.") and video["description"], glass.catalog
+    assert glass.catalog["audio"]["renditions"]["audio"]["codec"] == "opus"
+    assert glass.publisher_stats["errors"] == [] and glass.publisher_stats["audioFrames"] > 0
+
+    # The viewer browser drew changing pictures of the camera.
+    assert glass.first_picture is not None, explain
+    assert (glass.first_picture["width"], glass.first_picture["height"]) == (640, 360)
+    assert _glass.is_picture(glass.later_picture), explain
+    assert glass.later_picture["hash"] != glass.first_picture["hash"], explain
+
+    # The Python subscriber got the same broadcast, and ffprobe decodes it.
+    received = checks.received
+    assert received["catalog"].video[0].codec == video["codec"]
+    stamps = received["timestamps_us"]
+    assert len(stamps) == PYTHON_FRAMES and stamps == sorted(stamps) and stamps[-1] > stamps[0]
+    stream = received["probe"]["streams"][0]
+    assert stream["codec_name"] == "h264" and (stream["width"], stream["height"]) == (640, 360)
+    assert int(stream["nb_read_frames"]) == PYTHON_FRAMES, received["probe_error"]
+
+    # Chat moderation from the console: delete, then ban (the viewer's session is closed).
+    assert [reply["type"] for reply in checks.chat_replies] == ["ok", "ok"]
+    assert int(checks.chat_rate) >= 2
+    assert checks.chat_close[0] is not None and "banned" in checks.chat_close[1], checks.chat_close
+    chat = app.interaction.rooms[glass.room_id]
+    assert chat.is_banned("py-viewer")
+    first_id = checks.chat_replies[0]["id"]
+    assert [(entry.actor_role, entry.action, entry.target) for entry in chat.audit] == [
+        ("host", "delete", str(first_id)), ("host", "ban", "py-viewer")], chat.audit
+    assert {status for _, status in chat.transcript()} == {"deleted"}
+    assert checks.pin_outcome == ("pinned" if checks.pins_served else "unavailable")
+    posts = checks.pin_requests
+    assert [body["kind"] for body, _ in posts] == ["product", "flash_sale"], checks.pin_requests
+    product_id = posts[0][0]["product_id"]
+    assert posts[1][0]["product_id"] == product_id
+    assert posts[1][0]["flash_sale"] == {"price_minor": 3999, "countdown_s": 15, "duration_s": 120,
+                                         "per_buyer_limit": 2, "stock_cap": 50}
+    for body, edge in posts:
+        # The frame on the host's preview: at most a moment ahead of what the relay has
+        # (it is still being encoded), and not far behind it.
+        assert edge - 2_000_000 < body["media_us"] < edge + 500_000, (body, edge)
+
+    # Frames drawn by the viewer are matched to the host's capture times (no speed asserted).
+    assert glass.delays_ms, explain
+    assert all(delay > 0 for delay in glass.delays_ms), glass.delays_ms
+    print(f"glass-to-glass over {len(glass.delays_ms)} frames: "
+          f"p50 {_glass.percentile(glass.delays_ms, 0.5):.0f} ms, "
+          f"p99 {_glass.percentile(glass.delays_ms, 0.99):.0f} ms")
+    for shot in glass.screenshots:
+        assert Path(shot).stat().st_size > 0
