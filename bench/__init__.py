@@ -11,7 +11,7 @@ from shopcast.bench._record import Record, format_table, to_json
 
 __all__ = ["Record", "main"]
 
-SUITES = ("micro", "fanout", "latency", "chat", "recording")
+SUITES = ("micro", "fanout", "latency", "chat", "commerce", "recording")
 # Run only when named with --suite: slow, and needing Chromium and tests/web/node_modules.
 OPTIONAL_SUITES = ("glass",)
 
@@ -46,6 +46,9 @@ def main(argv: list[str]) -> int:
     if "chat" in suites:
         from shopcast.bench import _chat
         records += _chat.run(arguments.quick, progress=sys.stderr, config=arguments.config)
+    if "commerce" in suites:
+        from shopcast.bench import _commerce
+        records += _commerce.run(arguments.quick, progress=sys.stderr, config=arguments.config)
     if "recording" in suites:
         from shopcast.bench import _recording
         records += _recording.run(arguments.quick, progress=sys.stderr)

@@ -1,25 +1,26 @@
-"""The commerce plugin, first part (issue 9; IWA 41 §5.4, §6.2 d): the product
+"""The commerce plugin (issue 9; IWA 41 §5.4, §5.5, §6.2 d): the product
 catalog, a room's product list, the published catalogue of restricted and
-prohibited goods, coupons, and Buy Now with inventory holds.
+prohibited goods, coupons, and Buy Now with inventory holds; pins in step
+with the video (plugins/_pins.py); payments through a provider
+(plugins/_payments.py, docs/payments.md) and orders after sale
+(plugins/_orders.py).
 
 Money is integers of the currency's minor unit (cents), never floats; every
-price is computed here (``price_order``), whatever the client sends.
+price is computed here (``price_order``), whatever the client sends; a
+flash-sale card's price and limits apply only on the server.
 
 Buy Now is one write transaction (plugins/_storage.py has one writer
 connection): the idempotency record is looked up, the stock taken with
 ``UPDATE skus SET stock = stock - ? WHERE id = ? AND stock >= ?`` (a row count
-of 0 means sold out), the coupon use taken the same way, the order and its
-idempotency record inserted. Nothing can oversell, however many requests race.
+of 0 means sold out), a flash sale's cap and the coupon use taken the same
+way, the order and its idempotency record inserted. Nothing can oversell,
+however many requests race.
 
 A hold (a pending order) lasts ``commerce.hold_expiry_s``; ``expire_holds``
 (run every ``hold_check_interval_s``, called directly by tests with a fake
-``self.clock``) expires the unpaid ones and gives back their stock and coupon
-use. ``mark_paid`` is the seam for the payments provider (later): an order
-becomes paid only while its hold is still valid.
-
-Not yet here (issue 9, later parts): pins on the commerce track, flash sales,
-the payments provider and its webhooks, orders after payment and after-sale,
-the SIGKILL durability test.
+``self.clock``) expires the unpaid ones and gives back their stock, flash-sale
+units and coupon use. An order becomes paid only through the payments
+provider's verified webhook event (plugins/_orders.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ import trio
 from shopcast.plugins._accounts import subject_digest
 from shopcast.plugins._api import ANONYMOUS, Api, field_error, format_time
 from shopcast.plugins._hookspecs import hookimpl
+from shopcast.plugins._orders import OrdersMixin, OrderStore
+from shopcast.plugins._orders import order_view as _order_view
+from shopcast.plugins._rooms import RoomStore
+from shopcast.plugins._pins import COMMERCE_TRACK, PinsMixin, PinStore, flash_window_error
 from shopcast.plugins._storage import Migration
 from shopcast.server._log import get_logger
 from shopcast.server._routing import HTTPError, Response
@@ -49,7 +54,12 @@ EVERYONE = (ANONYMOUS, "viewer", "host", "operator", "service")
 USERS = ("viewer", "host", "operator")
 RULE_KINDS = ("category", "keyword")
 COUPON_KINDS = ("percent", "amount")
-ORDER_STATES = ("pending", "paid", "expired", "cancelled")
+ORDER_STATES = ("pending", "paid", "confirmed", "shipped", "delivered", "completed", "cancelled",
+                "refunded", "returned", "expired")
+HOLDING_STATES = ("pending", "paid", "confirmed", "shipped", "delivered", "completed")
+"""Orders that count against stock, per-buyer limits and flash-sale caps."""
+SOLD_STATES = ("paid", "confirmed", "shipped", "delivered", "completed")
+"""Orders that are sales (paid, not given back)."""
 _EDITABLE_ROOM_STATES = ("scheduled", "rehearsal")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
@@ -137,6 +147,55 @@ CREATE TABLE idempotency_keys (
 );
 CREATE INDEX idempotency_age ON idempotency_keys(created_at);
 """),
+    Migration("commerce", 2, """
+CREATE TABLE pins (
+    id TEXT PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    product_id TEXT NOT NULL,
+    media_us INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    coupon_code TEXT,
+    flash_price INTEGER,
+    flash_sku_id TEXT,
+    flash_starts_at REAL,
+    flash_ends_at REAL,
+    flash_per_buyer_limit INTEGER,
+    flash_stock_cap INTEGER,
+    flash_sold INTEGER NOT NULL DEFAULT 0
+        CHECK (flash_sold >= 0 AND (flash_stock_cap IS NULL OR flash_sold <= flash_stock_cap)),
+    unpinned_at REAL,
+    unpin_media_us INTEGER
+);
+CREATE INDEX pins_room ON pins(room_id, unpinned_at);
+ALTER TABLE orders ADD COLUMN pin_id TEXT;
+ALTER TABLE orders ADD COLUMN updated_at REAL;
+ALTER TABLE orders ADD COLUMN payment_state TEXT NOT NULL DEFAULT 'none';
+ALTER TABLE orders ADD COLUMN intent_id TEXT;
+ALTER TABLE orders ADD COLUMN tracking_number TEXT;
+ALTER TABLE orders ADD COLUMN carrier TEXT;
+CREATE INDEX orders_room ON orders(room_id, created_at);
+CREATE INDEX orders_buyer ON orders(buyer_id, created_at);
+CREATE INDEX orders_pin_buyer ON orders(pin_id, buyer_id, state);
+CREATE TABLE order_events (
+    id INTEGER PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    status TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    note TEXT NOT NULL
+);
+CREATE INDEX order_events_order ON order_events(order_id, id);
+CREATE TABLE complaints (
+    id TEXT PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    author_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE INDEX complaints_order ON complaints(order_id, created_at);
+"""),
 ]
 
 
@@ -191,6 +250,70 @@ def price_order(unit_price: int, quantity: int, coupon: dict[str, Any] | None) -
             raise ValueError(f"unknown coupon kind {coupon['kind']!r}")
     discount = min(discount, subtotal)
     return subtotal, discount, subtotal - discount
+
+
+class GroupCommit:
+    """Buy Now transactions that arrive together share one write transaction
+    and one commit: each runs in its own savepoint (one that raises is rolled
+    back alone and its caller gets the exception), and none is answered
+    before the commit. Under a flash sale the single writer's cost per
+    commit is shared by up to ``max_batch`` buyers; alone, a request waits
+    for one write as before.
+
+    Resource handling: ``serve`` runs in the plugin's nursery; ``run``
+    waits for it. Error handling: a failed commit fails every caller of
+    the batch with its exception."""
+
+    def __init__(self, db: Any, max_batch: int) -> None:
+        self.db = db
+        self.max_batch = max_batch
+        self._pending: list[tuple[Any, dict[str, Any]]] = []
+        self._wake = trio.Event()
+        self.batches = 0
+        self.transactions = 0
+
+    async def run(self, fn: Any) -> Any:
+        """``fn(connection)`` inside the next batch; its result or exception."""
+        slot: dict[str, Any] = {"done": trio.Event()}
+        self._pending.append((fn, slot))
+        self._wake.set()
+        await slot["done"].wait()
+        if "error" in slot:
+            raise slot["error"]
+        return slot["result"]
+
+    async def serve(self) -> None:
+        """Never returns unless cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._pending:
+                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+
+                def transaction(c: sqlite3.Connection, batch=batch) -> list[tuple[Any, Any]]:
+                    out = []
+                    for fn, _ in batch:
+                        c.execute("SAVEPOINT one")
+                        try:
+                            out.append((fn(c), None))
+                        except Exception as exc:  # noqa: BLE001 - handed to its own caller
+                            c.execute("ROLLBACK TO one")
+                            out.append((None, exc))
+                        c.execute("RELEASE one")
+                    return out
+
+                try:
+                    results = await self.db.write(transaction)
+                except Exception as exc:  # noqa: BLE001 - every caller of the batch hears it
+                    results = [(None, exc)] * len(batch)
+                self.batches += 1
+                self.transactions += len(batch)
+                for (_, slot), (result, error) in zip(batch, results):
+                    if error is not None:
+                        slot["error"] = error
+                    else:
+                        slot["result"] = result
+                    slot["done"].set()
 
 
 class _Refusal(Exception):
@@ -259,16 +382,27 @@ class CommerceStore:
                                "WHERE id = ? AND state = 'pending'", (now, row["id"]))
             if cursor.rowcount != 1:
                 continue
-            c.execute("UPDATE skus SET stock = stock + ? WHERE id = ?", (row["quantity"], row["sku_id"]))
-            if row["coupon_code"] is not None:
-                c.execute("UPDATE coupons SET uses = uses - 1 WHERE room_id = ? AND code = ? "
-                          "AND uses > 0", (row["room_id"], row["coupon_code"]))
+            CommerceStore.release(c, dict(row))
+            OrderStore.log(c, row["id"], now, "expired", "system", "hold expired unpaid")
             expired.append({**dict(row), "state": "expired", "ended_at": now})
         return expired
 
     @staticmethod
+    def release(c: sqlite3.Connection, order: dict[str, Any], *, coupon: bool = True) -> None:
+        """Give an order's units back: the variant's stock, the flash sale's
+        cap and (unless ``coupon`` is False) the coupon use."""
+        c.execute("UPDATE skus SET stock = stock + ? WHERE id = ?", (order["quantity"], order["sku_id"]))
+        if order.get("pin_id") is not None:
+            c.execute("UPDATE pins SET flash_sold = flash_sold - ? WHERE id = ? AND kind = 'flash_sale' "
+                      "AND flash_sold >= ?", (order["quantity"], order["pin_id"], order["quantity"]))
+        if coupon and order["coupon_code"] is not None:
+            c.execute("UPDATE coupons SET uses = uses - 1 WHERE room_id = ? AND code = ? "
+                      "AND uses > 0", (order["room_id"], order["coupon_code"]))
+
+    @staticmethod
     def forget(c: sqlite3.Connection, account_id: str) -> None:
         c.execute("DELETE FROM idempotency_keys WHERE buyer_id = ?", (account_id,))
+        c.execute("DELETE FROM complaints WHERE author_id = ?", (account_id,))
         c.execute("UPDATE orders SET buyer_id = ? WHERE buyer_id = ?",
                   (subject_digest(account_id), account_id))
         c.execute("DELETE FROM coupons WHERE owner_id = ?", (account_id,))
@@ -284,15 +418,6 @@ def _product_view(p: dict[str, Any]) -> dict[str, Any]:
             "external_ref": p["external_ref"], "created_at": format_time(p["created_at"]),
             "skus": [{"id": s["id"], "name": s["name"], "price": s["price"], "currency": s["currency"],
                       "stock": s["stock"], "per_buyer_limit": s["per_buyer_limit"]} for s in p["skus"]]}
-
-
-def _order_view(o: dict[str, Any]) -> dict[str, Any]:
-    return {"id": o["id"], "room_id": o["room_id"], "product_id": o["product_id"],
-            "sku_id": o["sku_id"], "quantity": o["quantity"], "unit_price": o["unit_price"],
-            "subtotal": o["subtotal"], "discount": o["discount"], "total": o["total"],
-            "currency": o["currency"], "coupon_code": o["coupon_code"], "state": o["state"],
-            "created_at": format_time(o["created_at"]), "expires_at": format_time(o["expires_at"]),
-            "paid_at": format_time(o["paid_at"])}
 
 
 def _rule_view(r: dict[str, Any]) -> dict[str, Any]:
@@ -313,8 +438,10 @@ def _rule_text(rule: dict[str, Any]) -> str:
 # --- the plugin -----------------------------------------------------------------------------
 
 
-class CommercePlugin:
-    """Catalog, restricted goods, coupons and Buy Now; see the module docstring."""
+class CommercePlugin(PinsMixin, OrdersMixin):
+    """Catalog, restricted goods, coupons, pins, Buy Now, payments and orders;
+    see the module docstring (pins: plugins/_pins.py; payments and orders:
+    plugins/_orders.py and plugins/_payments.py)."""
 
     requires = ("accounts", "rooms")
 
@@ -323,6 +450,7 @@ class CommercePlugin:
         self.plugins: Any = None
         self.db: Any = None
         self.clock = time.time
+        self._rules_cache: list[dict[str, Any]] | None = None
 
     # --- hooks ------------------------------------------------------------------------------
 
@@ -333,7 +461,16 @@ class CommercePlugin:
 
     @hookimpl
     def shopcast_register_tables(self) -> list[Migration]:
-        return MIGRATIONS
+        return [*MIGRATIONS, *self._payment_migrations()]
+
+    @hookimpl
+    def shopcast_register_room_tracks(self, room: dict[str, Any]) -> list[str]:
+        return [COMMERCE_TRACK]
+
+    @hookimpl
+    async def shopcast_room_live(self, room: dict[str, Any]) -> None:
+        # The track opens with the state, so the first viewer knows what is pinned.
+        self._write_state(room["id"], await self._pin_views(room["id"]))
 
     @hookimpl
     def shopcast_register_permissions(self) -> dict[str, tuple[str, ...]]:
@@ -346,7 +483,11 @@ class CommercePlugin:
     @hookimpl
     async def shopcast_startup(self, app: Any, nursery: trio.Nursery) -> None:
         self.db = app.db
+        self._buy_commits = GroupCommit(self.db, self.cfg.buy_batch_max)
+        nursery.start_soon(self._buy_commits.serve)
+        await self._start_payments(app, nursery)
         nursery.start_soon(self._expire_forever)
+        nursery.start_soon(self._pin_states_forever)
 
     @hookimpl
     async def shopcast_account_forget(self, account_id: str) -> None:
@@ -392,21 +533,6 @@ class CommercePlugin:
                 await self.expire_holds()
             except Exception:
                 log.error("hold_expiry_failed", exc_info=True)
-
-    async def mark_paid(self, order_id: str) -> dict[str, Any] | None:
-        """Pay a pending order whose hold has not expired (the payments
-        provider's seam); the paid order, or None when it could not be paid."""
-        now = self.clock()
-
-        def pay(c: sqlite3.Connection) -> dict[str, Any] | None:
-            cursor = c.execute("UPDATE orders SET state = 'paid', paid_at = ? WHERE id = ? AND "
-                               "state = 'pending' AND expires_at > ?", (now, order_id, now))
-            return CommerceStore.order(c, order_id) if cursor.rowcount == 1 else None
-
-        order = await self.db.write(pay)
-        if order is not None:
-            await self.plugins.notify("shopcast_order_paid", order=_order_view(order))
-        return order
 
     # --- routes -----------------------------------------------------------------------------
 
@@ -546,12 +672,16 @@ class CommercePlugin:
             "required": ["id", "room_id", "sku_id", "quantity", "unit_price", "subtotal", "discount",
                          "total", "currency", "state", "expires_at"],
             "properties": {**{k: {"type": "string"} for k in ("id", "room_id", "product_id", "sku_id",
-                                                               "currency", "created_at", "expires_at")},
+                                                               "currency", "created_at", "expires_at",
+                                                               "hold_expires_at", "payment_state")},
                            **{k: {"type": "integer"} for k in ("quantity", "unit_price", "subtotal",
-                                                                "discount", "total")},
-                           "coupon_code": {"type": ["string", "null"]},
-                           "paid_at": {"type": ["string", "null"]},
-                           "state": {"type": "string", "enum": list(ORDER_STATES)}}})
+                                                                "discount", "total", "total_minor")},
+                           **{k: {"type": ["string", "null"]} for k in (
+                               "coupon_code", "paid_at", "pin_id", "tracking_number", "carrier",
+                               "updated_at")},
+                           "state": {"type": "string", "enum": list(ORDER_STATES),
+                                     "description": "The same as status (kept for early clients)."},
+                           "status": {"type": "string", "enum": list(ORDER_STATES)}}})
         api.route("POST", "/api/v1/rooms/{room_id}/orders", self.buy_now, name="orders_buy_now",
                   tag=tag, roles=USERS,
                   request={"type": "object", "additionalProperties": False,
@@ -560,7 +690,10 @@ class CommercePlugin:
                                           "quantity": {"type": "integer", "minimum": 1,
                                                        "maximum": cfg.quantity_max},
                                           "coupon_code": {"type": "string",
-                                                          "pattern": "^[A-Za-z0-9_-]{3,32}$"}}},
+                                                          "pattern": "^[A-Za-z0-9_-]{3,32}$"},
+                                          "pin_id": {"type": "string", "minLength": 1, "maxLength": 64,
+                                                     "description": "The card tapped; a flash-sale "
+                                                                    "card's price and limits apply."}}},
                   example={"sku_id": "s0123456789abcdef", "quantity": 1, "coupon_code": "SPRING10"},
                   description="Creates an order holding the stock for commerce.hold_expiry_s; the "
                               "price is computed by the server. With an `Idempotency-Key` header "
@@ -571,11 +704,17 @@ class CommercePlugin:
                              409: (("Sold out, over the per-buyer limit, the room is not live, the "
                                     "coupon cannot be used, the product is restricted, or the "
                                     "idempotency key was used with another body."), error)})
-        api.route("GET", "/api/v1/orders/{order_id}", self.show_order, name="orders_show", tag=tag,
-                  roles=USERS, summary="One of the caller's orders.",
-                  responses={200: ("The order.", order)})
+        self._register_pin_routes(api)
+        self._register_order_routes(api, order)
 
     # --- helpers ----------------------------------------------------------------------------
+
+    async def _rules(self) -> list[dict[str, Any]]:
+        """The restricted goods catalogue, kept in memory between its edits
+        (this process is its only writer)."""
+        if self._rules_cache is None:
+            self._rules_cache = await self.db.read(CommerceStore.rules)
+        return self._rules_cache
 
     async def _product(self, product_id: str) -> dict[str, Any]:
         product = await self.db.read(lambda c: CommerceStore.product(c, product_id))
@@ -638,7 +777,7 @@ class CommercePlugin:
                 or await rooms._is_team(room, owner)):
             raise HTTPError(403, "not_your_product", "only products of the room's owner and team, "
                             "or a platform's, may be put on its list", "product_id")
-        rule = restricted_match(product, await self.db.read(CommerceStore.rules))
+        rule = restricted_match(product, await self._rules())
         if rule is not None:
             raise HTTPError(409, "restricted_goods", f"product {product_id} matches "
                             f"{_rule_text(rule)}; it cannot be sold in a room", "product_id")
@@ -671,7 +810,7 @@ class CommercePlugin:
     # --- handlers: restricted goods ---------------------------------------------------------
 
     async def list_rules(self, request, claims, body, query) -> Response:
-        rules = await self.db.read(CommerceStore.rules)
+        rules = await self._rules()
         return Response.json({"rules": [_rule_view(r) for r in rules]},
                              headers=(("cache-control", "public, max-age=60"),))
 
@@ -698,7 +837,9 @@ class CommercePlugin:
                       (now, claims.subject, "restricted_goods_add", str(rule_id), body["value"]))
             return dict(c.execute("SELECT * FROM restricted_rules WHERE id = ?", (rule_id,)).fetchone())
 
-        return Response.json(_rule_view(await self.db.write(add)), status=201)
+        rule = await self.db.write(add)
+        self._rules_cache = None
+        return Response.json(_rule_view(rule), status=201)
 
     async def remove_rule(self, request, claims, body, query, rule_id: str) -> Response:
         if not re.fullmatch(r"\d{1,12}", rule_id):
@@ -713,7 +854,9 @@ class CommercePlugin:
                                                      rule_id, ""))
             return count
 
-        if not await self.db.write(remove):
+        removed = await self.db.write(remove)
+        self._rules_cache = None
+        if not removed:
             raise HTTPError(404, "not_found", f"no rule {rule_id!r}", "rule_id")
         return Response(204)
 
@@ -756,18 +899,20 @@ class CommercePlugin:
         buyer_id = account["id"]
         digest = hashlib.sha256(json.dumps({"room_id": room_id, "body": body}, sort_keys=True,
                                            separators=(",", ":")).encode()).hexdigest()
-        rooms = self.plugins.get("rooms")
-        room = await rooms.get(room_id)
-        rules = await self.db.read(CommerceStore.rules)
+        rules = await self._rules()
 
-        def look_up(c: sqlite3.Connection) -> dict[str, Any] | None:
+        def look_up(c: sqlite3.Connection) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+            # One read for both: Buy Now is the request a flash sale multiplies.
+            room = RoomStore.get(c, room_id)
             sku = c.execute("SELECT product_id FROM skus WHERE id = ?", (body["sku_id"],)).fetchone()
-            return CommerceStore.product(c, sku["product_id"]) if sku else None
+            return room, CommerceStore.product(c, sku["product_id"]) if sku else None
 
         # Vetoes are synchronous hooks, asked here on the event loop, not in the
         # database thread; the answer is kept under the idempotency key like any refusal.
         veto = None
-        product = await self.db.read(look_up)
+        room, product = await self.db.read(look_up)
+        if room is None:
+            raise HTTPError(404, "not_found", f"no room {room_id!r}", "room_id")
         if product is not None:
             veto = self.plugins.veto("shopcast_order_may_place", order={
                 "room_id": room_id, "buyer_id": buyer_id, "product_id": product["id"],
@@ -821,12 +966,43 @@ class CommercePlugin:
             if veto is not None:
                 refuse(409, "order_refused", f"the order cannot be placed: {veto}", "sku_id")
             limit = sku["per_buyer_limit"] or cfg.per_buyer_limit_default
-            held = c.execute("SELECT coalesce(sum(quantity), 0) FROM orders WHERE buyer_id = ? AND "
-                             "sku_id = ? AND state IN ('pending', 'paid')",
-                             (buyer_id, sku["id"])).fetchone()[0]
-            if held + quantity > limit:
-                refuse(409, "per_buyer_limit", f"one buyer may have at most {limit} of this variant "
-                       f"(already {held})", "quantity")
+            unit_price = sku["price"]
+            pin = None
+            if "pin_id" in body:
+                pin = PinStore.get(c, body["pin_id"])
+                if pin is None or pin["room_id"] != room_id:
+                    refuse(404, "not_found", f"no card {body['pin_id']!r} in this room", "pin_id")
+                if pin["product_id"] != sku["product_id"]:
+                    refuse(409, "wrong_product", "the variant is not of the pinned product", "sku_id")
+                order["pin_id"] = pin["id"]
+            if pin is not None and pin["kind"] == "flash_sale":
+                # The flash price and limits apply, whatever the client sends.
+                if sku["id"] != pin["flash_sku_id"]:
+                    refuse(409, "wrong_variant", f"the flash sale is for variant {pin['flash_sku_id']}",
+                           "sku_id")
+                closed = flash_window_error(pin, now)
+                if closed is not None:
+                    refuse(409, "flash_sale_closed", closed, "pin_id")
+                limit = pin["flash_per_buyer_limit"]
+                held = c.execute("SELECT coalesce(sum(quantity), 0) FROM orders WHERE pin_id = ? AND "
+                                 f"buyer_id = ? AND state IN {HOLDING_STATES}",
+                                 (pin["id"], buyer_id)).fetchone()[0]
+                if held + quantity > limit:
+                    refuse(409, "per_buyer_limit", f"one buyer may have at most {limit} in this flash "
+                           f"sale (already {held})", "quantity")
+                if c.execute("UPDATE pins SET flash_sold = flash_sold + ? WHERE id = ? AND "
+                             "flash_sold + ? <= flash_stock_cap",
+                             (quantity, pin["id"], quantity)).rowcount != 1:
+                    refuse(409, "sold_out", "the flash sale's units are sold out", "quantity")
+                unit_price = pin["flash_price"]
+            else:
+                limit = sku["per_buyer_limit"] or cfg.per_buyer_limit_default
+                held = c.execute("SELECT coalesce(sum(quantity), 0) FROM orders WHERE buyer_id = ? AND "
+                                 f"sku_id = ? AND state IN {HOLDING_STATES}",
+                                 (buyer_id, sku["id"])).fetchone()[0]
+                if held + quantity > limit:
+                    refuse(409, "per_buyer_limit", f"one buyer may have at most {limit} of this "
+                           f"variant (already {held})", "quantity")
             if not CommerceStore.take_stock(c, sku["id"], quantity):
                 refuse(409, "sold_out", "not enough stock left for this quantity", "quantity")
             coupon = None
@@ -841,24 +1017,21 @@ class CommercePlugin:
                 if c.execute("UPDATE coupons SET uses = uses + 1 WHERE room_id = ? AND code = ? AND "
                              "uses < max_uses", (room_id, coupon["code"])).rowcount != 1:
                     refuse(409, "coupon_used_up", "the coupon has no uses left", "coupon_code")
-            subtotal, discount, total = price_order(sku["price"], quantity, coupon and dict(coupon))
-            order.update({"unit_price": sku["price"], "subtotal": subtotal, "discount": discount,
+            subtotal, discount, total = price_order(unit_price, quantity, coupon and dict(coupon))
+            order.update({"unit_price": unit_price, "subtotal": subtotal, "discount": discount,
                           "total": total, "coupon_code": coupon["code"] if coupon else None,
                           "state": "pending", "created_at": now, "expires_at": expires_at,
-                          "paid_at": None, "ended_at": None})
+                          "paid_at": None, "ended_at": None, "updated_at": now,
+                          "payment_state": "none"})
+            order.setdefault("pin_id", None)
+            order.update({"intent_id": None, "tracking_number": None, "carrier": None})
+            OrderStore.log(c, order["id"], now, "pending", buyer_id, "")
             c.execute(f"INSERT INTO orders ({', '.join(order)}) VALUES ({', '.join('?' * len(order))})",
                       tuple(order.values()))
             return _order_view(order)
 
-        status, view, placed = await self.db.write(place)
+        status, view, placed = await self._buy_commits.run(place)
         if placed:
             log.info("order_placed", order=view["id"], sku=view["sku_id"], quantity=view["quantity"])
             await self.plugins.notify("shopcast_order_placed", order=view)
         return Response.json(view, status=status)
-
-    async def show_order(self, request, claims, body, query, order_id: str) -> Response:
-        account = await self.plugins.get("accounts").require_account(claims)
-        order = await self.db.read(lambda c: CommerceStore.order(c, order_id))
-        if order is None or (order["buyer_id"] != account["id"] and account["role"] != "operator"):
-            raise HTTPError(404, "not_found", f"no order {order_id!r} of yours", "order_id")
-        return Response.json(_order_view(order))

@@ -212,11 +212,8 @@ def shopcast_order_cancelled(order: dict[str, Any], reason: str) -> Any:
 
 
 @hookspec
-def shopcast_order_refunded(order: dict[str, Any]) -> Any:
-    """A paid order's money was given back (``order["room_id"]``,
-    ``order["id"]``, ``order["total_minor"]`` or ``order["total"]``)."""
-
-
-@hookspec
-def shopcast_order_returned(order: dict[str, Any]) -> Any:
-    """A delivered order's goods were sent back by the buyer."""
+def shopcast_order_updated(order: dict[str, Any], previous: str) -> Any:
+    """Any change of an order after Buy Now (its ``status``, a shipment's
+    tracking number, a complaint in ``order["complaint"]``); ``previous`` is
+    the status before. Paid and cancelled orders are also told through the
+    two hooks above."""

@@ -88,7 +88,7 @@ class EventRow:
     """Unix seconds."""
     kind: str
     """join, leave, impression, click, share, arrival, chat, reaction,
-    order_placed, order_paid, order_refunded, order_returned."""
+    order_placed, order_paid, and order_refunded / order_returned (from order status changes)."""
     subject: str = ""
     replay: bool = False
     pin_id: str | None = None
@@ -376,12 +376,11 @@ class StatisticsPlugin:
         await self._order("order_paid", order)
 
     @hookimpl
-    async def shopcast_order_refunded(self, order: dict[str, Any]) -> None:
-        await self._order("order_refunded", order)
-
-    @hookimpl
-    async def shopcast_order_returned(self, order: dict[str, Any]) -> None:
-        await self._order("order_returned", order)
+    async def shopcast_order_updated(self, order: dict[str, Any], previous: str) -> None:
+        # Refunds and returns arrive as status changes of the order.
+        status = order.get("status")
+        if status in ("refunded", "returned") and previous != status:
+            await self._order(f"order_{status}", order)
 
     @hookimpl
     async def shopcast_room_ended(self, room: dict[str, Any], reason: str) -> None:

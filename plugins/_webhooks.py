@@ -213,6 +213,14 @@ class WebhooksPlugin:
     async def shopcast_order_cancelled(self, order: dict[str, Any], reason: str) -> None:
         await self.enqueue("order.cancelled", {"order": order, "reason": reason})
 
+    @hookimpl
+    async def shopcast_order_updated(self, order: dict[str, Any], previous: str) -> None:
+        # order.paid and order.cancelled come from their own hooks above.
+        if "complaint" in order:
+            await self.enqueue("order.complaint", {"order": order})
+        elif order["status"] not in ("paid", "cancelled", "expired") and order["status"] != previous:
+            await self.enqueue(f"order.{order['status']}", {"order": order, "previous": previous})
+
     # --- the sender -------------------------------------------------------------------------
 
     async def wait_delivered(self, count: int) -> None:

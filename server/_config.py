@@ -370,6 +370,17 @@ class CommerceConfig:
     coupon_uses_max: int = _spec(min=1, max=1 << 40, unit="count")
     restricted_rules_max: int = _spec(min=0, max=1_000_000, unit="count")
     idempotency_ttl_s: float = _spec(min=60.0, max=31_536_000.0, unit="s")
+    buy_batch_max: int = _spec(min=1, max=10_000, unit="count")
+    pins_state_interval_s: float = _spec(min=0.1, max=60.0, unit="s")
+    flash_countdown_min_s: int = _spec(min=0, max=3600, unit="s")
+    flash_countdown_max_s: int = _spec(min=0, max=3600, unit="s")
+    flash_duration_min_s: int = _spec(min=1, max=86400, unit="s")
+    flash_duration_max_s: int = _spec(min=1, max=86400, unit="s")
+    tracking_number_max_chars: int = _spec(min=1, max=1000, unit="chars")
+    complaint_max_chars: int = _spec(min=1, max=100_000, unit="chars")
+    complaints_per_order_max: int = _spec(min=1, max=1000, unit="count")
+    orders_page_max: int = _spec(min=1, max=10_000, unit="count")
+    sales_recent_max: int = _spec(min=0, max=10_000, unit="count")
 
     def __post_init__(self) -> None:
         if not self.currencies:
@@ -377,6 +388,39 @@ class CommerceConfig:
         for code in self.currencies:
             if len(code) != 3 or not code.isascii() or not code.isupper() or not code.isalpha():
                 raise ValueError(f"commerce.currencies: {code!r} is not an ISO 4217 code such as EUR")
+        if self.flash_countdown_min_s > self.flash_countdown_max_s:
+            raise ValueError("commerce.flash_countdown_min_s must not exceed flash_countdown_max_s")
+        if self.flash_duration_min_s > self.flash_duration_max_s:
+            raise ValueError("commerce.flash_duration_min_s must not exceed flash_duration_max_s")
+
+
+@dataclass(frozen=True)
+class PaymentsConfig:
+    """[payments]: the payments provider and its signed webhook events (plugins/_payments.py)."""
+
+    provider: str = _spec(choices=("test",))
+    secret: str = _spec()
+    webhook_url: str = _spec()
+    webhook_tolerance_s: float = _spec(min=1.0, max=86400.0, unit="s")
+    events_seen_ttl_s: float = _spec(min=60.0, max=31_536_000.0, unit="s")
+    test_delay_s: float = _spec(min=0.0, max=3600.0, unit="s")
+    timeout_s: float = _spec(min=0.1, max=300.0, unit="s")
+    retry_base_s: float = _spec(min=0.001, max=3600.0, unit="s")
+    retry_max_s: float = _spec(min=0.001, max=86400.0, unit="s")
+    max_attempts: int = _spec(min=1, max=1000, unit="count")
+    batch_events: int = _spec(min=1, max=10000, unit="count")
+    senders: int = _spec(min=1, max=64, unit="count")
+    reconcile_interval_s: float = _spec(min=0.1, max=86400.0, unit="s")
+    card_max_chars: int = _spec(min=12, max=64, unit="chars")
+    signature_max_chars: int = _spec(min=80, max=65536, unit="chars")
+    form_max_bytes: int = _spec(min=64, max=65536, unit="bytes")
+
+    def __post_init__(self) -> None:
+        if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
+            raise ValueError(f"payments.webhook_url must be an http:// or https:// URL, got "
+                             f"{self.webhook_url!r}")
+        if self.retry_base_s > self.retry_max_s:
+            raise ValueError("payments.retry_base_s must not exceed payments.retry_max_s")
 
 
 @dataclass(frozen=True)
@@ -475,6 +519,7 @@ class Config:
     rooms: RoomsConfig
     webhooks: WebhooksConfig
     commerce: CommerceConfig
+    payments: PaymentsConfig
     host_console: HostConsoleConfig
     recording: RecordingConfig
     statistics: StatisticsConfig

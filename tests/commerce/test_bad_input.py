@@ -26,6 +26,15 @@ BAD = {
     ("orders_buy_now", "sku_id"): 12,
     ("orders_buy_now", "quantity"): 0,
     ("orders_buy_now", "coupon_code"): "x",
+    ("orders_buy_now", "pin_id"): "",
+    ("pins_create", "kind"): "banner",
+    ("pins_create", "product_id"): None,
+    ("pins_create", "media_us"): -1,
+    ("pins_create", "flash_sale"): "soon",
+    ("pins_create", "coupon_code"): "no spaces",
+    ("orders_ship", "tracking_number"): "",
+    ("orders_ship", "carrier"): "c" * 65,
+    ("orders_complain", "text"): "",
 }
 # Fields inside a variant, named with their path.
 SKU_BAD = [
@@ -61,6 +70,12 @@ def request_for(op, shop, product_body):
                            {"code": "TEN", "kind": "percent", "value": 10, "max_uses": 5}),
         "orders_buy_now": ("POST", f"/api/v1/rooms/{shop.room_id}/orders", shop.buyer,
                            {"sku_id": shop.sku_id, "quantity": 1}),
+        "pins_create": ("POST", f"/api/v1/rooms/{shop.room_id}/pins", shop.host,
+                        {"kind": "product", "product_id": shop.product["id"]}),
+        "orders_ship": ("POST", "/api/v1/orders/onothere/ship", shop.host,
+                        {"tracking_number": "1Z999", "carrier": "UPS"}),
+        "orders_complain": ("POST", "/api/v1/orders/onothere/complaints", shop.buyer,
+                            {"text": "never arrived"}),
     }[op]
 
 
@@ -96,9 +111,20 @@ async def test_missing_fields_and_malformed_bodies(api, shop, product_body):
 
 @pytest.mark.parametrize("key,value", [
     ("hold_expiry_s", 0), ("pins_max", 0), ("coupon_percent_max", 101), ("currencies", ["euro"]),
-    ("currencies", []), ("per_buyer_limit_default", "5"),
+    ("currencies", []), ("per_buyer_limit_default", "5"), ("pins_state_interval_s", 0),
+    ("flash_countdown_min_s", 400),
 ])
 def test_bad_config_names_the_key(key, value):
     with pytest.raises(ConfigError) as error:
         load_config(environ={}, overrides={"commerce": {key: value}})
     assert error.value.key.startswith("commerce."), error.value
+
+
+@pytest.mark.parametrize("key,value", [
+    ("provider", "paypal"), ("webhook_tolerance_s", 0), ("webhook_url", "ftp://x"),
+    ("max_attempts", 0), ("test_delay_s", -1), ("senders", 0),
+])
+def test_bad_payments_config_names_the_key(key, value):
+    with pytest.raises(ConfigError) as error:
+        load_config(environ={}, overrides={"payments": {key: value}})
+    assert error.value.key.startswith("payments."), error.value

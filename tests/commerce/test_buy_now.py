@@ -22,9 +22,13 @@ async def test_buy_now_holds_stock_at_the_server_price(api, shop):
     assert order["currency"] == "EUR" and all(isinstance(order[k], int) for k in ("total", "subtotal"))
     assert await shop.stock() == 7
     shown = await api.call("GET", f"/api/v1/orders/{order['id']}", token=shop.buyer)
-    assert shown.status == 200 and shown.body == order
-    # Nobody else sees it.
-    assert (await api.call("GET", f"/api/v1/orders/{order['id']}", token=shop.host)).status == 404
+    assert shown.status == 200 and {k: shown.body[k] for k in order} == order
+    assert order["status"] == "pending" and order["total_minor"] == order["total"]
+    assert [h["status"] for h in shown.body["history"]] == ["pending"]
+    # The room's host sees it; another viewer does not.
+    assert (await api.call("GET", f"/api/v1/orders/{order['id']}", token=shop.host)).status == 200
+    stranger = await api.user("stranger", "audience")
+    assert (await api.call("GET", f"/api/v1/orders/{order['id']}", token=stranger)).status == 404
     # A price from the client is refused, never used.
     reply = await shop.buy({"sku_id": shop.sku_id, "quantity": 1, "price": 1})
     assert reply.status == 400 and reply.error_field == "price"
@@ -95,6 +99,23 @@ async def test_coupons(api, shop):
     assert await shop.stock() == 7
 
 
+async def pay_by_event(api, shop, order, now_s):
+    """A payment provider's signed success event for ``order``, sent at ``now_s``."""
+    import json
+
+    from shopcast.plugins._payments import sign_payload
+
+    body = json.dumps({"id": "evt_" + order["id"], "type": "payment_intent.succeeded",
+                       "created": int(now_s), "data": {"intent_id": "pi_" + order["id"],
+                                                       "order_id": order["id"],
+                                                       "amount_minor": order["total"],
+                                                       "currency": order["currency"]}}).encode()
+    reply = await api.call("POST", "/api/v1/payments/webhook/test", raw=body, headers={
+        "payment-signature": sign_payload(shop.commerce.payments_secret, int(now_s), body)})
+    assert reply.status == 200, reply.body
+    return reply.body
+
+
 async def test_expired_holds_return_their_stock(api, shop):
     commerce = shop.commerce
     now = [1_000_000.0]
@@ -104,7 +125,7 @@ async def test_expired_holds_return_their_stock(api, shop):
     held = (await shop.buy({"sku_id": shop.sku_id, "quantity": 2, "coupon_code": "ONCE"})).body
     paid = (await shop.buy({"sku_id": shop.sku_id, "quantity": 3})).body
     assert await shop.stock() == 5
-    assert await commerce.mark_paid(paid["id"]) is not None
+    assert (await pay_by_event(api, shop, paid, now[0]))["outcome"] == "paid"
     now[0] += commerce.cfg.hold_expiry_s - 1
     assert await commerce.expire_holds() == []
     now[0] += 2
@@ -114,7 +135,7 @@ async def test_expired_holds_return_their_stock(api, shop):
     assert (await api.call("GET", f"/api/v1/orders/{held['id']}", token=shop.buyer)).body["state"] == "expired"
     assert (await api.call("GET", f"/api/v1/orders/{paid['id']}", token=shop.buyer)).body["state"] == "paid"
     # An expired hold cannot be paid, and expiring again changes nothing.
-    assert await commerce.mark_paid(held["id"]) is None
+    assert (await pay_by_event(api, shop, held, now[0]))["outcome"] == "refund_unpayable"
     assert await commerce.expire_holds() == []
     # The coupon's use came back too, and the buyer's limit counts only live orders.
     reply = await shop.buy({"sku_id": shop.sku_id, "quantity": 2, "coupon_code": "ONCE"})

@@ -56,3 +56,28 @@ def test_more_units_never_cost_less(unit, quantity, coupon):
 def test_floats_and_nonsense_are_refused(args):
     with pytest.raises(ValueError):
         price_order(*args)
+
+
+currencies = st.sampled_from(["EUR", "USD", "JPY", "KWD", "BRL"])
+
+
+@given(prices, quantities, coupons, currencies)
+def test_totals_in_every_currency_print_exactly(unit, quantity, coupon, currency):
+    # Zero-decimal (JPY) and three-decimal (KWD) currencies: the minor unit
+    # is what is stored; the printed amount is exact, never via a float.
+    from decimal import Decimal
+
+    from shopcast.plugins._payments import CURRENCY_EXPONENTS, format_amount
+
+    _, _, total = price_order(unit, quantity, coupon)
+    number, code = format_amount(total, currency).split(" ")
+    assert code == currency
+    exponent = CURRENCY_EXPONENTS.get(currency, 2)
+    assert ("." in number) == (exponent > 0)
+    assert Decimal(number).scaleb(exponent) == total
+
+
+@given(st.integers(0, 10**6), st.integers(0, 10**6), quantities, coupons)
+def test_a_flash_price_below_the_list_price_never_costs_more(flash, extra, quantity, coupon):
+    listed = flash + extra
+    assert price_order(flash, quantity, coupon)[2] <= price_order(listed, quantity, coupon)[2]

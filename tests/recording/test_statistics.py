@@ -70,9 +70,12 @@ async def test_a_scripted_session_gives_the_statistics_computed_by_hand(api_serv
         assert reply.status == 204, reply.body
 
     async def order(kind: str, order_id: str, who: str, total: int) -> None:
-        await plugins.notify(f"shopcast_order_{kind}", order={
-            "id": order_id, "room_id": room_id, "buyer_id": who, "total": total, "currency": "EUR",
-            "product_id": "shoe-1"})
+        view = {"id": order_id, "room_id": room_id, "buyer_id": who, "total": total, "currency": "EUR",
+                "product_id": "shoe-1"}
+        if kind in ("refunded", "returned"):  # as the orders plugin tells a status change
+            await plugins.notify("shopcast_order_updated", order={**view, "status": kind}, previous="paid")
+        else:
+            await plugins.notify(f"shopcast_order_{kind}", order=view)
 
     await at(0); await join("A"); await event(type="arrival", source="upcoming", viewer="A")
     await event(type="impression", pin_id="p1", viewer="A")

@@ -1,0 +1,182 @@
+"""Payments through the test provider, as a buyer does it: Buy Now, the
+hosted payment page, a test card, and the provider's signed event POSTed to
+the server's own webhook endpoint over real HTTPS. An order becomes paid
+only through a verified event, exactly once; forged, stale, future-dated and
+replayed events are refused."""
+
+import json
+import re
+import time
+import urllib.parse
+
+import pytest
+import trio
+
+from shopcast.plugins._payments import format_amount, sign_payload
+
+GOOD, DECLINED, DELAYED = "4242424242424242", "4000000000000002", "4000000000000077"
+
+
+async def pay_page(api, url, card):
+    path = urllib.parse.urlsplit(url).path
+    return await api.call("POST", path, raw=urllib.parse.urlencode({"card": card}).encode(),
+                          headers={"content-type": "application/x-www-form-urlencoded"})
+
+
+async def start_payment(api, shop, order_id, token=None):
+    reply = await api.call("POST", f"/api/v1/orders/{order_id}/payment", token=token or shop.buyer)
+    assert reply.status == 200, reply.body
+    return reply.body
+
+
+async def order(api, shop, order_id):
+    reply = await api.call("GET", f"/api/v1/orders/{order_id}", token=shop.buyer)
+    assert reply.status == 200, reply.body
+    return reply.body
+
+
+async def applied(shop, count):
+    with trio.fail_after(20):
+        await shop.commerce.wait_events_applied(count)
+
+
+async def test_pay_with_a_test_card(api, shop):
+    await shop.go_live()
+    placed = (await shop.buy({"sku_id": shop.sku_id, "quantity": 2})).body
+    assert placed["status"] == "pending" and placed["total_minor"] == 11998
+    intent = await start_payment(api, shop, placed["id"])
+    assert intent["payment_url"].endswith(f"/pay/test/{intent['intent_id']}")
+    assert intent["amount_minor"] == 11998
+    # Only the buyer pays.
+    assert (await api.call("POST", f"/api/v1/orders/{placed['id']}/payment", token=shop.host)).status == 403
+    page = await api.call("GET", urllib.parse.urlsplit(intent["payment_url"]).path)
+    assert page.status == 200 and "text/html" in page.headers["content-type"]
+    assert '<label for="card">Card number</label>' in page.body and 'name="card"' in page.body
+    assert ">Pay</button>" in page.body and "119.98 EUR" in page.body
+    # Starting again gives the same intent.
+    assert (await start_payment(api, shop, placed["id"]))["intent_id"] == intent["intent_id"]
+    bad = await pay_page(api, intent["payment_url"], "1234")
+    assert bad.status == 400 and "Card number" in bad.body
+    done = await pay_page(api, intent["payment_url"], GOOD)
+    assert done.status == 200 and "succeeded" in done.body
+    assert f'href="/orders/{placed["id"]}"' in done.body
+    await applied(shop, 1)
+    paid = await order(api, shop, placed["id"])
+    assert paid["status"] == "paid" and paid["payment_state"] == "succeeded" and paid["paid_at"]
+    assert [h["status"] for h in paid["history"]] == ["pending", "paid"]
+    # Paying twice is refused by the provider; the order stays paid once.
+    again = await pay_page(api, intent["payment_url"], GOOD)
+    assert again.status == 409
+    # The hold became a sale: expiry no longer gives the stock back.
+    shop.commerce.clock = lambda: time.time() + shop.commerce.cfg.hold_expiry_s + 10
+    assert await shop.commerce.expire_holds() == []
+    assert await shop.stock() == 8
+
+
+async def test_decline_keeps_the_hold_until_expiry_then_a_retry_can_pay(api, shop):
+    await shop.go_live()
+    first = (await shop.buy()).body
+    intent = await start_payment(api, shop, first["id"])
+    declined = await pay_page(api, intent["payment_url"], DECLINED)
+    assert declined.status == 402 and "declined" in declined.body
+    await applied(shop, 1)
+    after = await order(api, shop, first["id"])
+    assert after["status"] == "pending" and after["payment_state"] == "failed"
+    assert await shop.stock() == 9  # still held
+    assert (await pay_page(api, intent["payment_url"], GOOD)).status == 200
+    await applied(shop, 2)
+    assert (await order(api, shop, first["id"]))["status"] == "paid"
+    # A declined order nobody retries expires and its stock comes back.
+    second = (await shop.buy()).body
+    intent = await start_payment(api, shop, second["id"])
+    assert (await pay_page(api, intent["payment_url"], DECLINED)).status == 402
+    await applied(shop, 3)
+    assert await shop.stock() == 8
+    now = time.time()
+    shop.commerce.clock = lambda: now + shop.commerce.cfg.hold_expiry_s + 1
+    assert [o["id"] for o in await shop.commerce.expire_holds()] == [second["id"]]
+    assert (await order(api, shop, second["id"]))["status"] == "expired"
+    assert await shop.stock() == 9
+    reply = await api.call("POST", f"/api/v1/orders/{second['id']}/payment", token=shop.buyer)
+    assert reply.status == 409 and "expired" in reply.body["error"]["message"]
+
+
+async def test_delayed_success(make_shop):
+    shop = await make_shop({"payments": {"test_delay_s": 3.0}})
+    api = shop.api
+    await shop.go_live()
+    placed = (await shop.buy()).body
+    intent = await start_payment(api, shop, placed["id"])
+    done = await pay_page(api, intent["payment_url"], DELAYED)
+    assert done.status == 200 and "processing" in done.body
+    # Nothing is paid until the provider's event arrives (3 s later).
+    status = (await order(api, shop, placed["id"]))["status"]
+    assert status == "pending" or shop.commerce.events_applied == 1
+    await applied(shop, 1)
+    assert (await order(api, shop, placed["id"]))["status"] == "paid"
+
+
+def signed(secret, body, timestamp=None):
+    return {"payment-signature": sign_payload(secret, int(time.time() if timestamp is None else timestamp),
+                                              body),
+            "content-type": "application/json"}
+
+
+async def test_forged_stale_future_and_replayed_events_are_refused(api, shop):
+    await shop.go_live()
+    placed = (await shop.buy()).body
+    intent = await start_payment(api, shop, placed["id"])
+    secret = shop.commerce.payments_secret
+    body = json.dumps({"id": "evt_manual1", "type": "payment_intent.succeeded", "created": int(time.time()),
+                       "data": {"intent_id": intent["intent_id"], "order_id": placed["id"],
+                                "amount_minor": placed["total"], "currency": "EUR"}}).encode()
+    path = "/api/v1/payments/webhook/test"
+    cases = [
+        ("forged", {"payment-signature": sign_payload(b"not the secret", int(time.time()), body)}),
+        ("stale", signed(secret, body, time.time() - 301)),
+        ("future", signed(secret, body, time.time() + 301)),
+        ("missing", {}),
+        ("malformed", {"payment-signature": "v1=abc"}),
+    ]
+    for name, headers in cases:
+        reply = await api.call("POST", path, raw=body, headers=headers)
+        assert reply.status == 400 and reply.error_field == "Payment-Signature", (name, reply.body)
+    # The body tampered after signing.
+    headers = signed(secret, body)
+    reply = await api.call("POST", path, raw=body.replace(b"11998", b"1").replace(b"5999", b"1"),
+                           headers=headers)
+    assert reply.status == 400
+    # A valid signature on something that is no event.
+    junk = b'{"id": "evt_x", "type": "payment_intent.stolen"}'
+    reply = await api.call("POST", path, raw=junk, headers=signed(secret, junk))
+    assert reply.status == 400 and reply.error_field == "body"
+    assert (await order(api, shop, placed["id"]))["status"] == "pending"
+    # Within the tolerance either way it is applied, once.
+    reply = await api.call("POST", path, raw=body, headers=signed(secret, body, time.time() - 290))
+    assert reply.status == 200 and reply.body["outcome"] == "paid", reply.body
+    reply = await api.call("POST", path, raw=body, headers=signed(secret, body, time.time() + 290))
+    assert reply.status == 200 and reply.body["outcome"] == "duplicate"
+    paid = await order(api, shop, placed["id"])
+    assert [h["status"] for h in paid["history"]] == ["pending", "paid"]
+    # Another event id for the same payment cannot pay it twice either.
+    other = body.replace(b"evt_manual1", b"evt_manual2")
+    reply = await api.call("POST", path, raw=other, headers=signed(secret, other))
+    assert reply.status == 200 and reply.body["outcome"] == "refund_unpayable"
+    assert [h["status"] for h in (await order(api, shop, placed["id"]))["history"]] == ["pending", "paid"]
+    assert (await api.call("POST", "/api/v1/payments/webhook/paypal", raw=body,
+                           headers=signed(secret, body))).status == 404
+    assert (await api.call("GET", "/healthz")).status == 200
+
+
+@pytest.mark.parametrize("amount,currency,text", [
+    (0, "EUR", "0.00 EUR"), (5, "USD", "0.05 USD"), (11998, "EUR", "119.98 EUR"),
+    (1999, "JPY", "1999 JPY"), (1234, "KWD", "1.234 KWD"),
+])
+def test_format_amount(amount, currency, text):
+    assert format_amount(amount, currency) == text
+
+
+async def test_payment_page_of_no_intent(api):
+    reply = await api.call("GET", "/pay/test/pi_nothere")
+    assert reply.status == 404
+    assert re.search("pi_nothere", json.dumps(reply.body))
