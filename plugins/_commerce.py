@@ -913,6 +913,10 @@ class CommercePlugin(PinsMixin, OrdersMixin):
         room, product = await self.db.read(look_up)
         if room is None:
             raise HTTPError(404, "not_found", f"no room {room_id!r}", "room_id")
+        # An ended room sells on from its replay while stock remains.
+        replays = getattr(self.app, "replays", None)
+        from_replay = (room["state"] in ("ended", "replay") and replays is not None
+                       and await trio.to_thread.run_sync(replays.has_replay, room_id))
         if product is not None:
             veto = self.plugins.veto("shopcast_order_may_place", order={
                 "room_id": room_id, "buyer_id": buyer_id, "product_id": product["id"],
@@ -952,9 +956,9 @@ class CommercePlugin(PinsMixin, OrdersMixin):
             return status, view, placed
 
         def place_order(c: sqlite3.Connection) -> dict[str, Any]:
-            if room["state"] != "live":
+            if room["state"] != "live" and not from_replay:
                 refuse(409, "room_not_live", f"the room is {room['state']}; Buy Now works while "
-                       "it is live", "room_id")
+                       "it is live, and from its replay once it has ended", "room_id")
             sku = c.execute("SELECT * FROM skus WHERE id = ?", (body["sku_id"],)).fetchone()
             if sku is None or c.execute("SELECT 1 FROM room_products WHERE room_id = ? AND "
                                         "product_id = ?", (room_id, sku["product_id"])).fetchone() is None:

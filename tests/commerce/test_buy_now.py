@@ -224,3 +224,39 @@ async def test_bad_idempotency_keys_are_named(api, shop, key):
     reply = await shop.buy(key=key)
     assert reply.status == 400 and reply.error_field == "Idempotency-Key", reply.body
     assert await shop.stock() == 10
+
+
+async def test_buy_now_from_the_replay_once_the_room_has_ended(api, shop, room_fields):
+    """An ended room with a recording sells on from its replay; one without
+    a recording does not."""
+    from shopcast.server.moq import encode_frame
+
+    import trio
+
+    app = api.app
+    await shop.go_live()
+    broadcast = app.relay.publish(shop.room_id)  # recorded: a public broadcast
+    video = broadcast.track("video")
+    for index in range(30):
+        video.write_frame(encode_frame(index * 33_333, b"\x00" * 100), keyframe=index % 10 == 0)
+    ended = await api.call("POST", f"/api/v1/rooms/{shop.room_id}/end", token=shop.host)
+    assert ended.status == 200 and ended.body["state"] == "ended", ended.body
+    with trio.fail_after(10):  # the recorder has written and closed the file
+        while any(b.name == shop.room_id for b in app.recorder.recordings):
+            await app.recorder.flushed.wait()
+    reply = await shop.buy({"sku_id": shop.sku_id, "quantity": 2})
+    assert reply.status == 201, reply.body
+    assert reply.body["status"] == "pending" and await shop.stock() == 8
+
+    # A room that ended with nothing recorded has no replay to sell from.
+    other = await api.call("POST", "/api/v1/rooms", room_fields(), token=shop.host)
+    assert other.status == 201, other.body
+    other_id = other.body["room"]["id"]
+    listed = await api.call("PUT", f"/api/v1/rooms/{other_id}/products/{shop.product['id']}",
+                            token=shop.host)
+    assert listed.status == 200, listed.body
+    await shop.rooms._update(other_id, {"state": "live", "started_at": 0})
+    assert (await api.call("POST", f"/api/v1/rooms/{other_id}/end", token=shop.host)).status == 200
+    refused = await api.call("POST", f"/api/v1/rooms/{other_id}/orders",
+                             {"sku_id": shop.sku_id, "quantity": 1}, token=shop.buyer)
+    assert refused.status == 409 and refused.body["error"]["code"] == "room_not_live", refused.body
