@@ -21,20 +21,6 @@ PAYMENT_TIMEOUT_MS = 20_000
 """From Buy Now to the paid order page."""
 
 
-def _commerce_in_tree() -> bool:
-    """Whether the plugins register the pins and payment routes of CONTRACTS.md, read from
-    their source so that the skip can say why before a server starts (pytest-trio drops the
-    reason of a skip raised inside a trio test)."""
-    import shopcast.plugins
-
-    source = "".join(p.read_text("utf-8") for p in Path(shopcast.plugins.__file__).parent.glob("*.py"))
-    return ("/api/v1/rooms/{room_id}/pins" in source
-            and "/api/v1/orders/{order_id}/payment" in source)
-
-
-@pytest.mark.skipif(not _commerce_in_tree(),
-                    reason="the commerce pins and payment routes (CONTRACTS.md) are not in this tree "
-                           "yet; this test runs once the commerce branch is merged")
 async def test_pinned_card_appears_and_buy_now_pays_with_a_test_card(
         server_factory, web_config, make_client, run_browser, artifacts, nursery):
     from shopcast.client import connect

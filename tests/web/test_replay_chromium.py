@@ -18,20 +18,6 @@ PLAY_TIMEOUT_MS = 25_000
 """From page load to decoded frames of the replay."""
 
 
-def _replay_in_tree() -> bool:
-    """Whether the server serves replays (read from the source, so that the skip can say why
-    before a server starts; pytest-trio drops the reason of a skip raised inside a trio test)."""
-    import shopcast.plugins
-    import shopcast.server
-
-    sources = [*Path(shopcast.server.__file__).parent.glob("*.py"),
-               *Path(shopcast.plugins.__file__).parent.glob("*.py")]
-    return any("replay@" in p.read_text("utf-8") and p.name != "_pages.py" for p in sources)
-
-
-@pytest.mark.skipif(not _replay_in_tree(),
-                    reason="replays (CONTRACTS.md, recording) are not in this tree yet; this test "
-                           "runs once the recording branch is merged")
 async def test_replay_page_plays_an_ended_broadcast_and_seeks(web_server, run_browser, artifacts):
     from shopcast.client import connect
 
