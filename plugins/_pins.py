@@ -266,24 +266,32 @@ class PinsMixin:
             if not wanted and name in body:
                 raise field_error(name, f"is only for {'flash_sale' if name == 'flash_sale' else 'coupon'} "
                                   "pins")
+        view = await self.pin_card(room_id, kind, body["product_id"], self._media_us(room_id, body),
+                                   flash=body.get("flash_sale"), coupon_code=body.get("coupon_code"))
+        return Response.json(view, status=201)
+
+    async def pin_card(self, room_id: str, kind: str, product_id: str, media_us: int, *,
+                       flash: dict[str, Any] | None = None,
+                       coupon_code: str | None = None) -> dict[str, Any]:
+        """Store a pin and publish it on the room's commerce track; the pin object.
+        The REST handler (after its checks) and the demo room's show
+        (plugins/_demo_shop.py) pin through here: one pin format."""
         now = self.clock()
-        media_us = self._media_us(room_id, body)
         limit = self.cfg.pins_max
         pin = {"id": "pin" + secrets.token_hex(8), "room_id": room_id, "kind": kind,
-               "product_id": body["product_id"], "media_us": media_us, "created_at": now,
-               "coupon_code": body.get("coupon_code"), "flash_price": None, "flash_sku_id": None,
+               "product_id": product_id, "media_us": media_us, "created_at": now,
+               "coupon_code": coupon_code, "flash_price": None, "flash_sku_id": None,
                "flash_starts_at": None, "flash_ends_at": None, "flash_per_buyer_limit": None,
                "flash_stock_cap": None, "flash_sold": 0, "unpinned_at": None, "unpin_media_us": None}
-        flash = body.get("flash_sale")
 
         def add(c: sqlite3.Connection) -> dict[str, Any]:
             from shopcast.plugins._commerce import CommerceStore
 
             if c.execute("SELECT 1 FROM room_products WHERE room_id = ? AND product_id = ?",
-                         (room_id, body["product_id"])).fetchone() is None:
-                raise HTTPError(404, "not_found", f"product {body['product_id']!r} is not on the "
+                         (room_id, product_id)).fetchone() is None:
+                raise HTTPError(404, "not_found", f"product {product_id!r} is not on the "
                                 "room's list", "product_id")
-            product = CommerceStore.product(c, body["product_id"])
+            product = CommerceStore.product(c, product_id)
             if flash is not None:
                 sku_id = flash.get("sku_id") or product["skus"][0]["id"]
                 sku = next((s for s in product["skus"] if s["id"] == sku_id), None)
@@ -311,13 +319,16 @@ class PinsMixin:
         view = await self.db.write(add)
         log.info("pinned", room=room_id, pin=view["id"], kind=kind, media_us=media_us)
         await self._publish_pin_event(room_id, media_us, {"type": "pin", "pin": view})
-        return Response.json(view, status=201)
+        return view
 
     async def delete_pin(self, request, claims, body, query, room_id: str, pin_id: str) -> Response:
         await self._pin_room(room_id, claims)
         body = request.json() if request.body.strip() else {}
         validate_untrusted(self._UNPIN_SCHEMA, body)
-        media_us = self._media_us(room_id, body)
+        return Response.json(await self.unpin_card(room_id, pin_id, self._media_us(room_id, body)))
+
+    async def unpin_card(self, room_id: str, pin_id: str, media_us: int) -> dict[str, Any]:
+        """Mark a pin unpinned and publish that on the commerce track; the pin as it was."""
         now = self.clock()
 
         def remove(c: sqlite3.Connection) -> dict[str, Any]:
@@ -332,10 +343,13 @@ class PinsMixin:
         log.info("unpinned", room=room_id, pin=pin_id, media_us=media_us)
         await self._publish_pin_event(room_id, media_us, {"type": "unpin", "pin_id": pin_id,
                                                           "media_us": media_us})
-        return Response.json(view)
+        return view
 
     async def list_pins(self, request, claims, body, query, room_id: str) -> Response:
-        await self.plugins.get("rooms").get(room_id)
+        from shopcast.plugins._demo_shop import demo_room
+
+        if demo_room(self.app, room_id) is None:
+            await self.plugins.get("rooms").get(room_id)
         return Response.json({"pins": await self._pin_views(room_id)})
 
 

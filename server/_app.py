@@ -419,15 +419,27 @@ class ServerApp:
 
         self.interaction.author_lookup = chat_author
 
-    async def run_demo_room(self) -> None:
-        """Loop the demo clip as the demo room's live broadcast; never returns."""
+    async def run_demo_room(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Loop the demo clip as the demo room's live broadcast; never returns.
+        Started (``task_status``) once its shop is ready and its broadcast published."""
         demo = self.config.demo
         path = Path(demo.clip) if demo.clip else Path(__file__).parent / "media" / "demo.flv"
         clip = load_flv_clip(path.read_bytes())
+        # Its shop and show of cards (plugins/_demo_shop.py), when commerce is loaded.
+        commerce = self.plugins.get("commerce")
+        if commerce is not None:
+            from shopcast.plugins import _demo_shop
+
+            await _demo_shop.prepare(commerce)
         broadcast = self.relay.publish(demo.room, owner="operator")
         log.info("demo_room_live", room=demo.room, clip=str(path), seconds=clip.duration_ms / 1000)
         try:
-            await play_clip(HangMuxer(broadcast), clip)
+            async with trio.open_nursery() as nursery:
+                if commerce is not None:
+                    broadcast.track("commerce")  # exists from the start, as a live room's does
+                    nursery.start_soon(_demo_shop.run_show, commerce, broadcast)
+                task_status.started()
+                await play_clip(HangMuxer(broadcast), clip)
         finally:
             broadcast.end()
 
@@ -513,7 +525,7 @@ async def run_server(config: Config, *, shutdown: trio.Event | None = None,
             rtmp_done.set()
         nursery.start_soon(app.renew_certificate_forever)
         if config.demo.enabled:
-            nursery.start_soon(app.run_demo_room)
+            await nursery.start(app.run_demo_room)
         await nursery.start(app.interaction.run)
         log.info("listening", addresses=",".join(addresses), port=port,
                  url=f"https://localhost:{port}/", certificate_sha256=app.certificate.sha256_hex)

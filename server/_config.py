@@ -235,6 +235,25 @@ class DemoConfig:
     enabled: bool = _spec()
     room: str = _spec()
     clip: str = _spec()
+    # The demo shop and its show of cards (plugins/_demo_shop.py).
+    shop_stock: int = _spec(min=1, max=1_000_000, unit="count")
+    cycle_s: float = _spec(min=1.0, max=86_400.0, unit="s")
+    product_pin_s: float = _spec(min=0.0, max=86_400.0, unit="s")
+    product_unpin_s: float = _spec(min=0.0, max=86_400.0, unit="s")
+    flash_sale_every: int = _spec(min=0, max=1_000_000, unit="count")
+    flash_pin_s: float = _spec(min=0.0, max=86_400.0, unit="s")
+    flash_unpin_s: float = _spec(min=0.0, max=86_400.0, unit="s")
+    flash_countdown_s: int = _spec(min=0, max=86_400, unit="s")
+    flash_duration_s: int = _spec(min=1, max=86_400, unit="s")
+    flash_price_percent: int = _spec(min=1, max=100, unit="percent")
+    flash_stock_cap: int = _spec(min=1, max=1_000_000, unit="count")
+    flash_per_buyer_limit: int = _spec(min=1, max=1_000_000, unit="count")
+
+    def __post_init__(self) -> None:
+        if not self.product_pin_s < self.product_unpin_s <= self.cycle_s:
+            raise ValueError("demo: expected product_pin_s < product_unpin_s <= cycle_s")
+        if not self.flash_pin_s < self.flash_unpin_s <= self.cycle_s:
+            raise ValueError("demo: expected flash_pin_s < flash_unpin_s <= cycle_s")
 
 
 @dataclass(frozen=True)
