@@ -11,7 +11,9 @@
   like a host does, through the commerce plugin's own ``pin_card`` and
   ``unpin_card`` (plugins/_pins.py; one pin format), each stamped with the
   broadcast's live edge: a product card every ``demo.cycle_s``, a flash-sale
-  card every ``demo.flash_sale_every``-th cycle.
+  card every ``demo.flash_sale_every``-th cycle. At each cycle's start the
+  demo cards unpinned over a cycle ago that no order refers to are deleted
+  (the table stays bounded however long the demo runs).
 - ``demo_room`` is the one rule that lets Buy Now (and the pins and product
   lists) accept the demo room, which has no row in the rooms table: while the
   demo is enabled, its room id is a live room owned by ``DEMO_OWNER``. A real
@@ -102,6 +104,14 @@ def _schedule(demo: Any, cycle: int) -> list[tuple[float, str]]:
     return sorted(steps, key=lambda s: (s[0], not s[1].startswith("unpin")))
 
 
+def _forget_old_pins(c: sqlite3.Connection, room_id: str, before: float) -> int:
+    """Delete the demo room's cards unpinned before ``before`` (unix s) that no
+    order refers to, so that a demo running for months keeps a bounded pins
+    table; a card unpinned within the last cycle stays, for a checkout still open."""
+    return c.execute("DELETE FROM pins WHERE room_id = ? AND unpinned_at < ? AND NOT EXISTS "
+                     "(SELECT 1 FROM orders WHERE orders.pin_id = pins.id)", (room_id, before)).rowcount
+
+
 def _flash_error(demo: Any, cfg: Any) -> str | None:
     if not cfg.flash_countdown_min_s <= demo.flash_countdown_s <= cfg.flash_countdown_max_s:
         return (f"demo.flash_countdown_s must be within commerce.flash_countdown_min_s.."
@@ -131,6 +141,11 @@ async def run_show(commerce: Any, broadcast: Any) -> None:
     started = trio.current_time()
     cycle = 0
     while not broadcast.ended.is_set():
+        try:
+            before = commerce.clock() - demo.cycle_s
+            await commerce.db.write(lambda c: _forget_old_pins(c, room_id, before))
+        except Exception:  # noqa: BLE001 - the show goes on; the next cycle tries again
+            log.error("demo_pins_prune_failed", exc_info=True)
         for offset_s, step in _schedule(demo, cycle):
             await trio.sleep_until(started + cycle * demo.cycle_s + offset_s)
             if broadcast.ended.is_set():

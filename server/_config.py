@@ -251,9 +251,11 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if not self.product_pin_s < self.product_unpin_s <= self.cycle_s:
-            raise ValueError("demo: expected product_pin_s < product_unpin_s <= cycle_s")
+            raise ValueError("demo.product_unpin_s must be after demo.product_pin_s and at most "
+                             "demo.cycle_s")
         if not self.flash_pin_s < self.flash_unpin_s <= self.cycle_s:
-            raise ValueError("demo: expected flash_pin_s < flash_unpin_s <= cycle_s")
+            raise ValueError("demo.flash_unpin_s must be after demo.flash_pin_s and at most "
+                             "demo.cycle_s")
 
 
 @dataclass(frozen=True)

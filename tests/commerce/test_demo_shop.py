@@ -182,3 +182,44 @@ async def test_demo_shop_is_created_once_per_data_dir(tmp_path, nursery):
     shutdown.set()
     with trio.fail_after(15):
         await stopped.wait()
+
+
+async def test_old_demo_cards_are_forgotten_unless_an_order_refers_to_one(server_factory, make_client):
+    # One-second cycles: a product card and a flash-sale card each.
+    fast_show = {**SHOW, "cycle_s": 1.0, "product_pin_s": 0.1, "product_unpin_s": 0.6,
+                 "flash_pin_s": 0.2, "flash_unpin_s": 0.8}
+    api = make_client(await server_factory({"accounts": FAST_ACCOUNTS, "demo": fast_show}))
+    app = api.app
+    buyer = await api.user("demo_buyer", "audience")
+    await wait_demo_broadcast(app)
+    async with connect(f"https://127.0.0.1:{app.port}/moq",
+                       certificate_sha256=app.certificate.sha256_hex) as viewer:
+        commerce = await viewer.subscribe("demo", "commerce")
+        _, _, first = await pins.next_message(commerce, "pin")
+        while first["pin"]["kind"] != "product":
+            _, _, first = await pins.next_message(commerce, "pin")
+        bought = await api.call("POST", "/api/v1/rooms/demo/orders",
+                                {"sku_id": "sdemo-tee-s", "quantity": 1, "pin_id": first["pin"]["id"]},
+                                token=buyer)
+        assert bought.status == 201 and bought.body["pin_id"] == first["pin"]["id"], bought.body
+        seen = 1
+        while seen < 10:  # five cycles
+            await pins.next_message(commerce, "pin")
+            seen += 1
+    kept = await app.db.read(lambda c: [r[0] for r in c.execute("SELECT id FROM pins WHERE room_id = 'demo'")])
+    assert first["pin"]["id"] in kept  # an order refers to it
+    # The rest: at most the cards of the last two cycles.
+    assert len(kept) - 1 <= 4 < seen, kept
+
+
+def test_demo_timings_out_of_order_are_a_config_error():
+    import pytest
+
+    from shopcast.server._config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="demo.product_unpin_s must be after demo.product_pin_s"):
+        load_config(environ={}, overrides={"demo": {"product_pin_s": 50.0, "product_unpin_s": 10.0}})
+    with pytest.raises(ConfigError, match="demo.flash_unpin_s must be after demo.flash_pin_s and at most "
+                                          "demo.cycle_s"):
+        load_config(environ={}, overrides={"demo": {"cycle_s": 60.0, "flash_pin_s": 15.0,
+                                                    "flash_unpin_s": 100.0, "product_unpin_s": 50.0}})
