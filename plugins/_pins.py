@@ -148,14 +148,20 @@ class PinsMixin:
 
     async def publish_pin_states(self) -> None:
         """One round: a new group with the pins' state on every room broadcast
-        that has a commerce track (live rooms and rehearsals)."""
+        that has a commerce track (live rooms and rehearsals, and the demo room).
+        Other broadcasts' commerce tracks (a platform's own) are theirs: left alone."""
+        from shopcast.plugins._demo_shop import demo_room
+
         room_ids = [name for name, b in list(self.app.relay.broadcasts.items())
                     if COMMERCE_TRACK in b.tracks and not b.ended.is_set()]
         if not room_ids:
             return
 
         def load(c: sqlite3.Connection) -> dict[str, list[dict[str, Any]]]:
-            by_room: dict[str, list[dict[str, Any]]] = {r: [] for r in room_ids}
+            marks = ", ".join("?" * len(room_ids))
+            rooms = {row[0] for row in c.execute(f"SELECT id FROM rooms WHERE id IN ({marks})", room_ids)}
+            by_room: dict[str, list[dict[str, Any]]] = {
+                r: [] for r in room_ids if r in rooms or demo_room(self.app, r) is not None}
             for pin in PinStore.active(c):
                 if pin["room_id"] in by_room:
                     by_room[pin["room_id"]].append(pin)

@@ -911,6 +911,10 @@ class RoomsPlugin:
 
     async def _set_state(self, room_id: str, state: str, changes: dict[str, Any]) -> None:
         room = await self._update(room_id, {**changes, "state": state})
+        if state == "live" and (live := self.app.relay.broadcasts.get(room_id)) is not None:
+            # Public before anyone told of the state (waiters run at our next
+            # checkpoint) can look at the broadcast.
+            self._publicise(live)
         log.info("room_state", room=room_id, state=state)
         view = await self.view(room)
         if state == "rehearsal":
