@@ -109,6 +109,13 @@ async def test_pinned_card_appears_and_buy_now_pays_with_a_test_card(
         countdown.append(await sale_card.locator(".countdown").text_content())
         sale_price = await sale_card.locator(".price").text_content()
         await page.screenshot(path=str(artifacts / "live-card.png"))
+        # The host watches the sales figures in the console while the viewer buys.
+        console_context = await browser.new_context(ignore_https_errors=True, base_url=base)
+        console = await console_context.new_page()
+        await console.goto("/host")
+        await console.evaluate("(token) => localStorage.setItem('shopcast.token', token)", host)
+        await console.goto(f"/host/{room_id}")
+        await console.locator("#fig-paid").filter(has_text="0").wait_for(timeout=CARD_TIMEOUT_MS)
         await card.get_by_role("button", name="Buy now").click()
         await page.get_by_role("button", name="Go to payment").click()
         await page.wait_for_url("**/pay/test/**", timeout=PAYMENT_TIMEOUT_MS)
@@ -121,14 +128,20 @@ async def test_pinned_card_appears_and_buy_now_pays_with_a_test_card(
             await page.locator('a[href*="/orders/"]').first.click()
         await page.wait_for_selector('#order-status[data-status="paid"]', timeout=PAYMENT_TIMEOUT_MS)
         await page.screenshot(path=str(artifacts / "order-paid.png"))
+        # ... and sees the sale on its next refresh ([host_console] poll_interval_ms).
+        await console.locator("#fig-paid").filter(has_text="1").wait_for(timeout=PAYMENT_TIMEOUT_MS)
+        gmv = await console.locator("#fig-gmv").text_content()
+        await console.screenshot(path=str(artifacts / "host-console-sale.png"))
+        await console_context.close()
         order_id = page.url.rstrip("/").rsplit("/", 1)[1]
         await page.goto("/orders")
         await page.locator(f'#orders a[href="/orders/{order_id}"]').wait_for(timeout=PAYMENT_TIMEOUT_MS)
         await page.screenshot(path=str(artifacts / "orders.png"))
         await context.close()
-        return pinned, shown_at, title, countdown, sale_price
+        return pinned, shown_at, title, countdown, sale_price, gmv
 
-    pinned, shown_at, title, countdown, sale_price = await run_browser(scenario)
+    pinned, shown_at, title, countdown, sale_price, gmv = await run_browser(scenario)
+    assert "59.99" in gmv, gmv  # one unit at the list price
     assert countdown[0] != countdown[1], countdown
     assert "39.99" in sale_price and "59.99" in sale_price, sale_price
     assert title == "Trail runner 2"

@@ -102,6 +102,7 @@ UNLABELLED_CONTROLS = """() => [...document.querySelectorAll("input, select, tex
 JS_ENCODINGS = """async (values) => {
   const moq = await import("/static/host/moq.js");
   const msgpack = await import("/static/lib/msgpack.js");
+  const { money } = await import("/static/lib/money.js");
   const hex = (b) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
   return {
     varints: values.map((v) => hex(moq.encodeVarint(v))),
@@ -111,6 +112,7 @@ JS_ENCODINGS = """async (values) => {
                                 f: 0.5, ok: true, none: null, list: ["x", 1],
                                 long: "y".repeat(40)})),
     unpacked: msgpack.decode(Uint8Array.from(%s)),
+    money: [money(5999, "EUR"), money(5000, "JPY"), money(1234, "KWD")],
   };
 }"""
 
@@ -204,6 +206,9 @@ async def test_console_login_form_errors_language_and_wire_encoders(server_facto
         "type": "mute", "account": "a1", "seconds": 600, "big": 70000, "neg": -5, "f": 0.5,
         "ok": True, "none": None, "list": ["x", 1], "long": "y" * 40}
     assert encodings["unpacked"] == sample
+    # Minor units by the currency's own digits: EUR 2, JPY 0, KWD 3.
+    eur, jpy, kwd = encodings["money"]
+    assert "59.99" in eur and "5,000" in jpy and "50.00" not in jpy and "1.234" in kwd, encodings["money"]
 
 
 async def _receive_browser_video(port: int, sha256: str, room_id: str, ffprobe: str,

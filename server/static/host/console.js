@@ -5,6 +5,7 @@
 import { chooseLanguage, t, translate } from "./i18n.js";
 import { MoqSession } from "./moq.js";
 import { CameraPublisher } from "./capture.js";
+import { money as formatMoney } from "../lib/money.js";
 import * as msgpack from "../lib/msgpack.js";
 
 const TOKEN_KEY = "shopcast.token";
@@ -65,8 +66,7 @@ function show(view) {
 function listOf(text) { return text.split(",").map((s) => s.trim()).filter(Boolean); }
 
 function money(minor, currency) {
-  if (minor === undefined || minor === null) return "–";
-  return `${(minor / 100).toFixed(2)} ${currency || ""}`.trim();
+  return formatMoney(minor, currency || "USD", lang === "zh" ? "zh-CN" : "en");
 }
 
 // --- log in ----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // What every page shares: the server's settings, the JSON API with the login token, a DOM
 // helper, the page header (navigation and the language switch) and formatting.
+import { money as formatMoney } from "./money.js";
 import { storage } from "./storage.js";
 import { LANGUAGES, currentLanguage, setLanguage, t } from "./i18n.js";
 
@@ -82,9 +83,7 @@ export function el(tag, attrs = {}, ...children) {
 }
 
 export function money(minor, currency = "USD") {
-  try {
-    return new Intl.NumberFormat(currentLanguage() === "zh" ? "zh-CN" : "en", { style: "currency", currency }).format(minor / 100);
-  } catch { return `${(minor / 100).toFixed(2)} ${currency}`; }
+  return formatMoney(minor, currency, currentLanguage() === "zh" ? "zh-CN" : "en");
 }
 
 export function when(iso) {
