@@ -114,8 +114,8 @@ def _network_run(subscribers: int, senders: int, rate: float, seconds: float, ti
 
 
 def _network(quick: bool, progress: TextIO, config: str | None) -> list[Record]:
-    subscribers = 100 if quick else SUBSCRIBERS
-    senders, rate, seconds = (4, 40.0, 3.0) if quick else (20, 100.0, 10.0)
+    subscribers = 50 if quick else SUBSCRIBERS
+    senders, rate, seconds = (4, 40.0, 2.0) if quick else (20, 100.0, 10.0)
     # The tick is the operator's knob: each tick costs one packet per subscriber.
     # None: the configuration's own (50 ms by default).
     ticks: tuple[int | None, ...] = (None,) if quick else (None, 250)
