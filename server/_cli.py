@@ -161,6 +161,7 @@ def _print_banner(started: Any) -> None:
         f"  web:          https://localhost:{started.port}/",
         *([f"  demo room:    https://localhost:{started.port}/live/{app.config.demo.room}"]
           if app.config.demo.enabled else []),
+        f"  host console: https://localhost:{started.port}/host",
         f"  health:       curl -k https://localhost:{started.port}/healthz",
         f"  webtransport: {app.webtransport_base_url}",
         f"  certificate:  sha256 {app.certificate.sha256_hex}"

@@ -84,6 +84,9 @@ async def test_serve_prints_the_home_and_demo_room_urls_and_they_answer(web_api,
     urls = re.findall(r"https://localhost:\d+/\S*", printed)
     assert f"https://localhost:{port}/" in urls
     assert f"https://localhost:{port}/live/demo" in urls
+    assert f"https://localhost:{port}/host" in urls
     for url in (f"https://localhost:{port}/", f"https://localhost:{port}/live/demo"):
         reply = await web_api.call("GET", url.removeprefix(f"https://localhost:{port}"))
         assert reply.status == 200 and "/static/pages/" in reply.body
+    console = await web_api.call("GET", "/host")
+    assert console.status == 200 and "/static/host/console.js" in console.body
