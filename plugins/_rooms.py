@@ -111,6 +111,8 @@ CREATE TABLE room_comments (
 CREATE INDEX room_comments_room ON room_comments(room_id, id);
 CREATE INDEX room_comments_account ON room_comments(account_id);
 """),
+    # Whether the live is recorded (server/_recording.py); 1 unless the host says not.
+    Migration("rooms", 2, "ALTER TABLE rooms ADD COLUMN recording INTEGER NOT NULL DEFAULT 1;"),
 ]
 
 
@@ -245,6 +247,9 @@ def _room_schemas(api: Api, cfg: Any, url_max: int) -> dict[str, Any]:
         "target_regions": {"type": "array", "maxItems": cfg.target_regions_max, "uniqueItems": True,
                            "items": region,
                            "description": "Where a cross-border room sells, besides region."},
+        "recording": {"type": "boolean",
+                      "description": "Record the live for its replay and MP4 export (default "
+                                     "true; the server's [recording] enabled must also be on)."},
         "team": {"type": "array", "maxItems": cfg.team_max, "uniqueItems": True,
                  "items": {"type": "string", "minLength": 1, "maxLength": 64},
                  "description": "Names of hosts and marketers who may enter the setup."},
@@ -377,7 +382,7 @@ class RoomsPlugin:
             "duration_s": r["duration_s"], "keywords": r["keywords"], "hashtags": r["hashtags"],
             "cover_image_url": r["cover_image_url"], "orientation": r["orientation"],
             "language": r["language"], "region": r["region"], "target_regions": r["target_regions"],
-            "state": r["state"], "host": hosts[r["owner_id"]],
+            "recording": bool(r["recording"]), "state": r["state"], "host": hosts[r["owner_id"]],
             "share_url": f"{self._base_url()}/r/{r['id']}",
             "started_at": format_time(r["started_at"]), "ended_at": format_time(r["ended_at"]),
             "end_reason": r["end_reason"], "shutdown_reason": r["shutdown_reason"],
@@ -386,6 +391,13 @@ class RoomsPlugin:
 
     async def profile_stats(self, account_id: str) -> dict[str, Any]:
         return await self.db.read(lambda c: RoomStore.host_stats(c, account_id))
+
+    @hookimpl
+    def shopcast_room_may_record(self, room_id: str) -> str | None:
+        room = self._cache.get(room_id)  # rooms on the air are cached
+        if room is not None and not room["recording"]:
+            return "the room's recording field is false"
+        return None
 
     @hookimpl
     async def shopcast_chat_author(self, room_id: str, subject: str, role: str) -> dict[str, Any] | None:

@@ -210,3 +210,31 @@ async def test_viewers_are_told_when_an_ended_rooms_replay_is_there(api_server, 
         with trio.fail_after(10):
             await viewer.wait_announced(room_id)
         assert "room5" not in viewer.connection.announced
+
+
+async def test_a_room_whose_recording_field_is_false_is_not_recorded(api_server, clock, rooms_api,
+                                                                     tmp_path):
+    api = await api_server({"server": {"data_dir": str(tmp_path / "optout")}})
+    app = api.app
+    rooms = app.plugins.get("rooms")
+    rooms.clock = clock
+    host = await api.user("otto", "host", display_name="Otto")
+    start = rooms_api.iso(clock.now + 3600)
+    kept = await api.call("POST", "/api/v1/rooms", rooms_api.room_body(scheduled_start=start), token=host)
+    unrecorded = await api.call("POST", "/api/v1/rooms",
+                                {**rooms_api.room_body(scheduled_start=start), "recording": False},
+                                token=host)
+    assert kept.status == 201 and unrecorded.status == 201, (kept.body, unrecorded.body)
+    assert kept.body["room"]["recording"] is True and unrecorded.body["room"]["recording"] is False
+    bad = await api.call("POST", "/api/v1/rooms",
+                         {**rooms_api.room_body(scheduled_start=start), "recording": "no"}, token=host)
+    assert bad.status == 400 and bad.body["error"]["field"] == "recording", bad.body
+    clock.now = rooms._cache[kept.body["room"]["id"]]["scheduled_start"] + 1
+    for room in (kept.body["room"], unrecorded.body["room"]):
+        broadcast = app.relay.publish(room["id"])
+        with trio.fail_after(10):
+            await rooms.wait_for_state(room["id"], "live")
+        broadcast.track("video").write_frame(encode_frame(0, b"\x00\x00\x00\x01\x65"), keyframe=True)
+    recorded = {b.name for b in app.recorder.recordings}
+    assert kept.body["room"]["id"] in recorded
+    assert unrecorded.body["room"]["id"] not in recorded

@@ -50,6 +50,7 @@ ROOM_BAD = {
     "region": "ES1",
     "target_regions": ["xx"],
     "team": ["nobody_here"],
+    "recording": "no",
 }
 for _op in ("rooms_create", "rooms_edit"):
     for _field, _value in ROOM_BAD.items():

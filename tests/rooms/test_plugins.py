@@ -87,7 +87,7 @@ async def test_external_plugin_sees_its_hooks_called(probe_dist, server_factory,
     assert "probe_notes" in tables
     versions = await api.app.db.read(lambda c: dict(c.execute(
         "SELECT component, version FROM schema_versions").fetchall()))
-    assert versions["probe"] == 1 and versions["accounts"] == 1 and versions["rooms"] == 1
+    assert versions["probe"] == 1 and versions["accounts"] == 1 and versions["rooms"] == 2
 
     # A viewer's session joining and leaving a room reaches the plugin, once each.
     app = api.app

@@ -139,6 +139,7 @@ $("create-form").addEventListener("submit", async (event) => {
     region: f.region.value.trim().toUpperCase(),
     target_regions: listOf(f.target_regions.value.toUpperCase()),
     team: listOf(f.team.value),
+    recording: f.recording.checked,
   };
   if (f.cover_image_url.value.trim()) body.cover_image_url = f.cover_image_url.value.trim();
   const answer = await api("POST", "/api/v1/rooms", body);
