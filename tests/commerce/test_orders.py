@@ -83,7 +83,9 @@ async def test_the_whole_after_sale_path_with_platform_webhooks(make_shop):
     assert returned["status"] == "returned"
     assert await shop.stock() == 10  # the goods came back
     refund = await act(shop, oid, "refund", shop.host)
-    assert refund["status"] == "returned" and refund["payment_state"] == "refund_pending"
+    # Refunded only by the provider's event, which may already be back by the time of the answer.
+    assert (refund["status"], refund["payment_state"]) in (("returned", "refund_pending"),
+                                                           ("refunded", "refunded")), refund
     await until(shop, lambda: api.call("GET", f"/api/v1/orders/{oid}", token=shop.buyer),
                 lambda order: order["status"] == "refunded")
     final = (await api.call("GET", f"/api/v1/orders/{oid}", token=shop.buyer)).body
@@ -111,7 +113,9 @@ async def test_cancel_before_and_after_payment(api, shop):
     paid = await paid_order(shop)
     assert await shop.stock() == 9
     cancelled = await act(shop, paid["id"], "cancel", shop.host)
-    assert cancelled["status"] == "cancelled" and cancelled["payment_state"] == "refund_pending"
+    # The provider's refund event may already have come back by the time the answer is made.
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["payment_state"] in ("refund_pending", "refunded"), cancelled
     assert await shop.stock() == 10
     await until(shop, lambda: api.call("GET", f"/api/v1/orders/{paid['id']}", token=shop.buyer),
                 lambda order: order["payment_state"] == "refunded")
