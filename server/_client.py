@@ -22,9 +22,6 @@ from shopcast.server._config import Config, load_config
 from shopcast.server._quic import H3Response, QuicConnectionDriver, QuicEndpoint, UdpTransport
 from shopcast.server._webtransport import WebTransportSession
 
-# A client PINGs this many times per idle timeout (count).
-KEEP_ALIVE_PER_IDLE = 3
-
 __all__ = [
     "CertificateMismatch",
     "client_configuration",
@@ -74,7 +71,7 @@ async def _connect(url: str, *, verify: bool, config: Config | None) -> AsyncIte
             await nursery.start(endpoint.serve, [sock])
             driver = endpoint.connect(UdpTransport(sock), addr[:2] if family == socket.AF_INET else addr,
                                       client_configuration(parts.hostname, config, verify=verify))
-            nursery.start_soon(_keep_alive, driver)
+            nursery.start_soon(_keep_alive, driver, config.quic.client_pings_per_idle_timeout)
             try:
                 yield _Connected(driver, authority, target)
             finally:
@@ -149,14 +146,14 @@ def _default_config() -> Config:
     return _DEFAULTS[0]
 
 
-async def _keep_alive(driver: QuicConnectionDriver) -> None:
+async def _keep_alive(driver: QuicConnectionDriver, pings_per_idle: int) -> None:
     # A viewer of a quiet track sends nothing for long spells; a PING well
     # inside the idle timeout keeps the connection (the server never pings).
     while driver.quic._remote_max_idle_timeout is None:  # until the server's parameters arrive
         await driver._handshake_progress()
     uid = 0
     while True:
-        await trio.sleep(_idle_timeout_s(driver.quic) / KEEP_ALIVE_PER_IDLE)
+        await trio.sleep(_idle_timeout_s(driver.quic) / pings_per_idle)
         uid += 1
         driver.quic.send_ping(uid)
         driver.wake()

@@ -109,6 +109,7 @@ class QuicConfig:
     max_streams_bidi: int = _spec(min=1, max=1_000_000, unit="count")
     max_streams_uni: int = _spec(min=3, max=1_000_000, unit="count")
     idle_timeout_s: float = _spec(min=1.0, max=600.0, unit="s")
+    client_pings_per_idle_timeout: int = _spec(min=2, max=20, unit="count")
     inbound_queue_packets: int = _spec(min=1, max=1_000_000, unit="packets")
     max_datagram_frame_size: int = _spec(min=1200, max=65536, unit="bytes")
     receive_batch_packets: int = _spec(min=1, max=4096, unit="packets")

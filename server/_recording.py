@@ -68,6 +68,7 @@ SEGMENT, TRACK, GROUP, FRAME, END = 1, 2, 3, 4, 5
 SUFFIX = ".rec"
 REPLAY_MARK = "/replay@"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# The file format's limit: a record names its track in one byte of HEADER.
 _MAX_TRACKS = 255
 
 
