@@ -30,41 +30,93 @@ def main(argv: list[str]) -> int:
                         help="run only this suite (repeatable); default: all but "
                              + ", ".join(OPTIONAL_SUITES))
     arguments = parser.parse_args(argv)
-    suites = arguments.suite or list(SUITES)
-    records: list[Record] = []
-    # Imported here so that `--help` does not pay for numba.
-    if "micro" in suites:
-        from shopcast.bench import _micro
-        records += _micro.run(arguments.quick, progress=sys.stderr)
-    if "fanout" in suites:
-        from shopcast.bench import _fanout
-        records += _fanout.run(arguments.quick, progress=sys.stderr, config=arguments.config)
-    if "latency" in suites:
-        from shopcast.bench import _latency, _rtmp_latency
-        records += _latency.run(arguments.quick, progress=sys.stderr, config=arguments.config)
-        records += _rtmp_latency.run(arguments.quick, progress=sys.stderr, config=arguments.config)
-    if "chat" in suites:
-        from shopcast.bench import _chat
-        records += _chat.run(arguments.quick, progress=sys.stderr, config=arguments.config)
-    if "commerce" in suites:
-        from shopcast.bench import _commerce
-        records += _commerce.run(arguments.quick, progress=sys.stderr, config=arguments.config)
-    if "recording" in suites:
-        from shopcast.bench import _recording
-        records += _recording.run(arguments.quick, progress=sys.stderr)
-    if "glass" in suites:
-        from shopcast.bench import _glass
-        records += _glass.run(arguments.quick, progress=sys.stderr, config=arguments.config)
-    print(format_table(records))
-    if arguments.json:
-        with open(arguments.json, "w", encoding="utf-8") as output:
-            output.write(to_json(records) + "\n")
-    if arguments.plot:
-        from shopcast.bench._plot import plot
+    if arguments.config:
+        # Refused here, before minutes of other suites, with the message `shopcast serve` gives.
+        from shopcast.server._config import ConfigError, load_config
         try:
-            plot(records, arguments.plot)
+            load_config(arguments.config)
+        except ConfigError as exc:
+            print(f"shopcast bench: configuration error: {exc}", file=sys.stderr)
+            return 2
+    if arguments.plot:
+        try:
+            import matplotlib  # noqa: F401
         except ImportError:
             print("shopcast bench: --plot needs matplotlib (pip install 'shopcast[plot]')",
                   file=sys.stderr)
             return 2
+    suites = arguments.suite or list(SUITES)
+    print(f"bench: {machine_description()}", file=sys.stderr)
+    records: list[Record] = []
+    try:
+        for suite in suites:
+            records += _run_suite(suite, arguments.quick, arguments.config)
+            if arguments.json:  # rewritten after each suite, so a failure later keeps these
+                _write_json(arguments.json, records)
+    finally:
+        # Whatever was measured is printed, even when a later suite failed.
+        print(format_table(records))
+        if arguments.json:
+            _write_json(arguments.json, records)
+    if arguments.plot:
+        from shopcast.bench._plot import plot
+        plot(records, arguments.plot)
     return 0
+
+
+def _write_json(path: str, records: list[Record]) -> None:
+    with open(path, "w", encoding="utf-8") as output:
+        output.write(to_json(records) + "\n")
+
+
+def _run_suite(suite: str, quick: bool, config: str | None) -> list[Record]:
+    # Imported here so that `--help` does not pay for numba.
+    if suite == "micro":
+        from shopcast.bench import _micro
+        return _micro.run(quick, progress=sys.stderr, config=config)
+    if suite == "fanout":
+        from shopcast.bench import _fanout
+        return _fanout.run(quick, progress=sys.stderr, config=config)
+    if suite == "latency":
+        from shopcast.bench import _latency, _rtmp_latency
+        return (_latency.run(quick, progress=sys.stderr, config=config)
+                + _rtmp_latency.run(quick, progress=sys.stderr, config=config))
+    if suite == "chat":
+        from shopcast.bench import _chat
+        return _chat.run(quick, progress=sys.stderr, config=config)
+    if suite == "commerce":
+        from shopcast.bench import _commerce
+        return _commerce.run(quick, progress=sys.stderr, config=config)
+    if suite == "recording":
+        from shopcast.bench import _recording
+        return _recording.run(quick, progress=sys.stderr, config=config)
+    from shopcast.bench import _glass
+    return _glass.run(quick, progress=sys.stderr, config=config)
+
+
+def machine_description() -> str:
+    """The machine a run measured: CPU model and cores, memory, kernel, Python and the libraries
+    on the hot path, so that committed results say where they came from."""
+    import os
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = ""
+    try:
+        memory = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+    except (ValueError, OSError, AttributeError):
+        pass
+    libraries = []
+    for name in ("aioquic", "numba", "numpy", "trio"):
+        try:
+            libraries.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            pass
+    return (f"{cpu}, {os.cpu_count()} cores{memory}; {platform.system()} {platform.release()}; "
+            f"Python {platform.python_version()}; " + ", ".join(libraries))

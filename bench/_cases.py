@@ -17,10 +17,11 @@ class StreamCase:
     group_frames: int  #: frames per group (a keyframe every this many frames)
     frame_interval_us: int  #: time between frames (µs)
     fec_k: int  #: data fragments per parity fragment, 0 = none
+    media: MediaConfig = MediaConfig()  #: the other [media] settings (a --config run replaces them)
 
     def config(self, **overrides) -> MediaConfig:
-        """The MediaConfig this case runs with (defaults, plus its FEC setting and any overrides)."""
-        return MediaConfig(**{"fec_k": self.fec_k, **overrides})
+        """The MediaConfig this case runs with (its media settings, its FEC and any overrides)."""
+        return dataclasses.replace(self.media, **{"fec_k": self.fec_k, **overrides})
 
     def frames(self, count: int, seed: int = 0, scale: float = 1.0):
         """``count`` frames as (data, offsets, lengths, timestamps_us, groups, keyframes).

@@ -1,5 +1,6 @@
 """The micro suite: packetizer, reassembler and jitter buffer, numba against the twin and a memory copy."""
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -47,15 +48,31 @@ def _jitter_run(buffer: JitterBuffer, data, offsets, lengths, arrivals_us) -> Ji
     return buffer
 
 
-def run(quick: bool, progress=sys.stderr) -> list[Record]:
-    """Measure every case of the table; return the records."""
+def run(quick: bool, progress=sys.stderr, config: str | None = None) -> list[Record]:
+    """Measure every case of the table; return the records.
+
+    With ``config``, its ``[media]`` section replaces the defaults; a case with FEC takes the
+    configured ``fec_k`` (a case without FEC keeps none, as the table compares the two).
+    """
     records = [Record(SUITE, "warmup", warmup(), "s")]
-    cases = CASES[:1] if quick else CASES
+    cases = cases_for(quick, config)
     repeats = 3 if quick else 7
     for case in cases:
         print(f"bench micro: {case.name}", file=progress)
         records += _measure_case(case, quick, repeats)
     return records
+
+
+def cases_for(quick: bool, config: str | None) -> list[StreamCase]:
+    """The cases a run measures, under ``config``'s ``[media]`` section when given."""
+    cases = list(CASES[:1] if quick else CASES)
+    if config is None:
+        return cases
+    from shopcast.server._config import load_config
+
+    media = load_config(config, environ={}).media
+    return [dataclasses.replace(case, media=media, fec_k=media.fec_k if case.fec_k else 0)
+            for case in cases]
 
 
 def _measure_case(case: StreamCase, quick: bool, repeats: int) -> list[Record]:

@@ -69,9 +69,9 @@ def _frames_per_s(frames: int, tapped: bool) -> float:
     return trio.run(measure)
 
 
-def _write_bytes_per_s(frames: int, directory: Path) -> tuple[float, float]:
+def _write_bytes_per_s(frames: int, directory: Path, settings: RecordingSettings) -> tuple[float, float]:
     relay = Relay()
-    recorder = Recorder(relay, directory, RecordingSettings())
+    recorder = Recorder(relay, directory, settings)
     broadcast = relay.publish("bench")
     recording = _RoomRecording(broadcast, directory / "bench.rec", 0.0)
     payload = bytes(VIDEO_BYTES)
@@ -93,7 +93,7 @@ def _write_bytes_per_s(frames: int, directory: Path) -> tuple[float, float]:
     return total / recorded, total / plain
 
 
-def _export_media_s_per_s(directory: Path, loops: int) -> float:
+def _export_media_s_per_s(directory: Path, loops: int, settings: RecordingSettings) -> float:
     from shopcast.server._hang_mux import HangMuxer, load_flv_clip, play_clip
 
     demo = Path(__file__).parents[1] / "server" / "media" / "demo.flv"
@@ -101,7 +101,7 @@ def _export_media_s_per_s(directory: Path, loops: int) -> float:
 
     async def record() -> Path:
         relay = Relay()
-        recorder = Recorder(relay, directory, RecordingSettings())
+        recorder = Recorder(relay, directory, settings)
         async with trio.open_nursery() as nursery:
             await nursery.start(recorder.run)
             broadcast = relay.publish("export")
@@ -120,8 +120,11 @@ def _export_media_s_per_s(directory: Path, loops: int) -> float:
     return summary["duration_s"] / (time.perf_counter() - started)
 
 
-def run(quick: bool, progress: TextIO) -> list[Record]:
-    """The recording suite's records."""
+def run(quick: bool, progress: TextIO, config: str | None = None) -> list[Record]:
+    """The recording suite's records, under the ``[recording]`` settings of ``config``."""
+    from shopcast.server._config import load_config
+
+    settings = RecordingSettings.from_config(load_config(config, environ={}).recording)
     frames = 20_000 if quick else 300_000
     print(f"recording: tap, {frames} frames", file=progress)
     plain = _frames_per_s(frames, tapped=False)
@@ -134,13 +137,13 @@ def run(quick: bool, progress: TextIO) -> list[Record]:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         print("recording: write", file=progress)
-        written, raw = _write_bytes_per_s(3_000 if quick else 30_000, directory)
+        written, raw = _write_bytes_per_s(3_000 if quick else 30_000, directory, settings)
         records += [
             Record("recording", "write/plain-file", raw / 1e6, "MB/s"),
             Record("recording", "write/recorder", written / 1e6, "MB/s", against="write/plain-file",
                    ratio=written / raw),
         ]
         print("recording: export", file=progress)
-        records.append(Record("recording", "export/fmp4", _export_media_s_per_s(directory, 2 if quick else 30),
+        records.append(Record("recording", "export/fmp4", _export_media_s_per_s(directory, 2 if quick else 30, settings),
                               "media s/s"))
     return records

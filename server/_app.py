@@ -187,13 +187,7 @@ class ServerApp:
         """The recorder of every live room and the replay of ended ones
         (server/_recording.py); started after the plugins in run_server."""
         rec = self.config.recording
-        settings = RecordingSettings(
-            enabled=rec.enabled, directory=rec.directory,
-            flush_interval_s=rec.flush_interval_ms / 1000, fsync_interval_s=rec.fsync_interval_ms / 1000,
-            max_bytes_per_room=rec.max_bytes_per_room, retention_days=rec.retention_days,
-            retention_check_interval_s=rec.retention_check_interval_s, record_demo=rec.record_demo,
-            replay_read_ahead_s=rec.replay_read_ahead_ms / 1000, max_replays=rec.max_replays,
-            max_announced=rec.max_announced_replays, read_threads=rec.replay_read_threads)
+        settings = RecordingSettings.from_config(rec)
         self.recorder = Recorder(self.relay, self.data_dir, settings, skip=self._skip_recording)
         # A room is replayed once it is over: no live broadcast of its name,
         # and the rooms plugin (when loaded) does not hold it as scheduled or live.

@@ -95,6 +95,17 @@ class RecordingSettings:
     """Worker threads replays read files with (their own, so that many
     replays never hold up the database's)."""
 
+    @classmethod
+    def from_config(cls, rec) -> "RecordingSettings":
+        """The settings of a loaded ``[recording]`` section (server/_config.py's RecordingConfig)."""
+        return cls(
+            enabled=rec.enabled, directory=rec.directory,
+            flush_interval_s=rec.flush_interval_ms / 1000, fsync_interval_s=rec.fsync_interval_ms / 1000,
+            max_bytes_per_room=rec.max_bytes_per_room, retention_days=rec.retention_days,
+            retention_check_interval_s=rec.retention_check_interval_s, record_demo=rec.record_demo,
+            replay_read_ahead_s=rec.replay_read_ahead_ms / 1000, max_replays=rec.max_replays,
+            max_announced=rec.max_announced_replays, read_threads=rec.replay_read_threads)
+
 
 def recording_path(directory: Path, room_id: str) -> Path | None:
     """Where ``room_id`` is recorded; None for a name that cannot be a file name."""

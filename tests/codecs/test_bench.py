@@ -2,20 +2,24 @@
 
 import json
 
-from shopcast import bench
+import pytest
 from shopcast.bench import Record, _micro
 from shopcast.bench._record import format_table
+from shopcast.server._cli import main as shopcast_main
 
 
 def test_table_and_json(tmp_path, capsys, monkeypatch):
+    """`shopcast bench` with its flags first (as the README writes it) runs the bench."""
     records = [
         Record("micro", "packetize/x/copy", 50.0, "Gbit/s"),
         Record("micro", "packetize/x/numba", 25.0, "Gbit/s", "packetize/x/copy", 0.5),
     ]
-    monkeypatch.setattr(_micro, "run", lambda quick, progress: records)
+    monkeypatch.setattr(_micro, "run", lambda quick, progress, config: records)
     target = tmp_path / "bench.json"
-    assert bench.main(["--quick", "--suite", "micro", "--json", str(target)]) == 0
-    table = capsys.readouterr().out
+    assert shopcast_main(["bench", "--quick", "--suite", "micro", "--json", str(target)]) == 0
+    output = capsys.readouterr()
+    assert "cores" in output.err  # the machine the figures came from
+    table = output.out
     assert table == format_table(records) + "\n"
     assert "0.500" in table and "packetize/x/copy" in table
     assert json.loads(target.read_text()) == [
@@ -24,3 +28,48 @@ def test_table_and_json(tmp_path, capsys, monkeypatch):
         {"suite": "micro", "name": "packetize/x/numba", "value": 25.0, "unit": "Gbit/s",
          "against": "packetize/x/copy", "ratio": 0.5},
     ]
+
+
+def test_help_is_the_bench_s_own(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        shopcast_main(["bench", "--help"])
+    assert exit_.value.code == 0
+    assert "--quick" in capsys.readouterr().out
+
+
+def test_a_suite_that_fails_keeps_the_figures_before_it(tmp_path, capsys, monkeypatch):
+    from shopcast.bench import _recording
+
+    measured = [Record("micro", "packetize/x/copy", 50.0, "Gbit/s")]
+    monkeypatch.setattr(_micro, "run", lambda quick, progress, config: measured)
+
+    def broken(quick, progress, config):
+        raise RuntimeError("the recording suite broke")
+
+    monkeypatch.setattr(_recording, "run", broken)
+    target = tmp_path / "bench.json"
+    with pytest.raises(RuntimeError, match="recording suite broke"):
+        shopcast_main(["bench", "--suite", "micro", "--suite", "recording", "--json", str(target)])
+    assert "packetize/x/copy" in capsys.readouterr().out
+    assert [r["name"] for r in json.loads(target.read_text())] == ["packetize/x/copy"]
+
+
+def test_a_bad_config_is_refused_before_any_suite_runs(tmp_path, capsys, monkeypatch):
+    ran = []
+    monkeypatch.setattr(_micro, "run", lambda quick, progress, config: ran.append(1) or [])
+    config = tmp_path / "shop.toml"
+    config.write_text("[fanout]\nviewers = 3\n")
+    assert shopcast_main(["bench", "--suite", "micro", "--config", str(config)]) == 2
+    assert "fanout" in capsys.readouterr().err
+    assert ran == []
+
+
+def test_config_media_section_reaches_the_micro_cases(tmp_path):
+    config = tmp_path / "shop.toml"
+    config.write_text("[media]\ndatagram_payload_bytes = 600\nfec_k = 4\n")
+    cases = _micro.cases_for(quick=False, config=str(config))
+    assert [c.config().datagram_payload_bytes for c in cases] == [600, 600, 600]
+    # FEC cases take the configured k; the case without FEC stays without.
+    assert [c.config().fec_k for c in cases] == [4, 0, 4]
+    assert [c.config().datagram_payload_bytes for c in _micro.cases_for(quick=False, config=None)] == \
+        [1152, 1152, 1152]
