@@ -112,3 +112,12 @@ def test_latency_ratios_compare_datagram_with_stream_at_the_same_loss():
         "latency/datagram/loss-2pct/p50-vs-stream": (0.5, "latency/stream/loss-2pct/delay-p50"),
         "latency/datagram/loss-2pct/p99-vs-stream": (0.25, "latency/stream/loss-2pct/delay-p99"),
     }
+
+
+def test_the_chart_puts_costs_and_delays_apart_from_throughputs():
+    from shopcast.bench._plot import lower_is_better
+
+    assert lower_is_better(Record("fanout", "fanout/10-subs/shopcast-vs-floor", 30.0, "x cost", "f", 30.0))
+    assert lower_is_better(Record("commerce", "flash-sale/latency-p99", 90.0, "ms", "h", 3.0))
+    assert not lower_is_better(Record("micro", "packetize/x/numba", 25.0, "Gbit/s", "c", 0.5))
+    assert not lower_is_better(Record("commerce", "flash-sale/rate", 300.0, "orders/s", "h", 0.3))
