@@ -92,6 +92,7 @@ async def _one_run(started, app, ingest, ffmpeg: str | None, mode: str, loss: fl
                    seconds: float, bitrate_bps: int) -> tuple[list[float], int]:
     """One viewer in ``mode`` behind ``loss``: (delays in ms, frames sent in its window)."""
     room = f"bench-{mode}-{round(loss * 100)}"
+    ingest.rooms.pop(room, None)
     sha = app.certificate.sha256_hex
     push_s = STARTUP_S + seconds + TAIL_S
     processes: list[trio.Process] = []
