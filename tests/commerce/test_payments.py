@@ -302,3 +302,125 @@ async def test_payment_page_of_no_intent(api):
     reply = await api.call("GET", "/pay/test/pi_nothere")
     assert reply.status == 404
     assert re.search("pi_nothere", json.dumps(reply.body))
+
+
+class FlakyEndpoint:
+    """A webhook endpoint on loopback that answers 503 to the first ``failures``
+    deliveries, then forwards each to the server's real webhook (``forward_to``,
+    set once the server is up) and answers what it answers. Records the time
+    of every delivery."""
+
+    def __init__(self, failures):
+        import http.server
+        import threading
+
+        self.failures = failures
+        self.forward_to = None
+        self.arrivals = []
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                endpoint.arrivals.append(time.monotonic())
+                status = 503
+                if len(endpoint.arrivals) > endpoint.failures and endpoint.forward_to is not None:
+                    status = endpoint.forward(body, self.headers["payment-signature"])
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def forward(self, body, signature):
+        import http.client
+        import ssl
+
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        connection = http.client.HTTPSConnection("127.0.0.1", self.forward_to, context=context, timeout=10)
+        try:
+            connection.request("POST", "/api/v1/payments/webhook/test", body=body, headers={
+                "content-type": "application/json", "payment-signature": signature})
+            response = connection.getresponse()
+            response.read()
+            return response.status
+        except OSError:
+            return 502  # the server stopped (the test is over)
+        finally:
+            connection.close()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def outbox_rows(db):
+    return await db.read(lambda c: [dict(r) for r in c.execute("SELECT * FROM payment_outbox ORDER BY id")])
+
+
+async def wait_outbox(db, done):
+    """Wait (bounded) until ``done(rows)`` holds for the provider's outbox."""
+    with trio.fail_after(30):
+        while not done(await outbox_rows(db)):
+            await trio.sleep(0.05)
+
+
+async def test_event_delivery_is_retried_with_backoff_until_delivered(make_shop):
+    endpoint = FlakyEndpoint(failures=3)
+    try:
+        shop = await make_shop({"payments": {"webhook_url": endpoint.url, "retry_base_s": 0.3,
+                                             "retry_max_s": 5.0, "max_attempts": 6}})
+        endpoint.forward_to = shop.api.port
+        api = shop.api
+        await shop.go_live()
+        placed = (await shop.buy()).body
+        intent = await start_payment(api, shop, placed["id"])
+        assert (await pay_page(api, intent["payment_url"], GOOD)).status == 200
+        await applied(shop, 1)  # only once the endpoint stopped failing
+        assert len(endpoint.arrivals) == 4
+        # Exponential backoff between the attempts: 0.3, 0.6, 1.2 s at least.
+        gaps = [b - a for a, b in zip(endpoint.arrivals, endpoint.arrivals[1:])]
+        for gap, backoff in zip(gaps, (0.3, 0.6, 1.2)):
+            assert gap >= backoff * 0.95, gaps
+        await wait_outbox(api.app.db, lambda rows: rows and rows[0]["state"] == "delivered")
+        row = (await outbox_rows(api.app.db))[0]
+        assert (row["attempts"], row["last_error"]) == (4, "HTTP 503")
+        assert (await order(api, shop, placed["id"]))["status"] == "paid"
+        assert shop.commerce.provider.attempts_failed == 3
+    finally:
+        endpoint.close()
+
+
+async def test_event_delivery_gives_up_after_max_attempts_and_records_it(make_shop):
+    endpoint = FlakyEndpoint(failures=10_000)
+    try:
+        shop = await make_shop({"payments": {"webhook_url": endpoint.url, "retry_base_s": 0.1,
+                                             "retry_max_s": 0.2, "max_attempts": 3,
+                                             "reconcile_interval_s": 3600.0}})
+        api = shop.api
+        await shop.go_live()
+        placed = (await shop.buy()).body
+        intent = await start_payment(api, shop, placed["id"])
+        assert (await pay_page(api, intent["payment_url"], GOOD)).status == 200
+        await wait_outbox(api.app.db, lambda rows: rows and rows[0]["state"] == "failed")
+        row = (await outbox_rows(api.app.db))[0]
+        assert (row["attempts"], row["last_error"], row["type"]) == (3, "HTTP 503",
+                                                                     "payment_intent.succeeded")
+        assert len(endpoint.arrivals) == 3  # no fourth attempt
+        assert (await order(api, shop, placed["id"]))["status"] == "pending"
+        assert shop.commerce.events_applied == 0
+        # Reconciliation tries the given-up delivery again (now to a working endpoint).
+        endpoint.failures, endpoint.forward_to = 0, api.port
+        assert await shop.commerce.reconcile() >= 1
+        await applied(shop, 1)
+        assert (await order(api, shop, placed["id"]))["status"] == "paid"
+    finally:
+        endpoint.close()
