@@ -237,3 +237,34 @@ async def test_complaint_resolution(api, shop):
     assert reply.status == 200 and reply.body["resolution"] == "Voucher sent."
     assert (await api.call("POST", "/api/v1/complaints/cnothere/resolve", {"resolution": "x"},
                            token=shop.operator)).status == 404
+
+
+async def test_a_refund_event_faster_than_the_answer_still_ends_refunded(api, shop):
+    """The provider's charge.refunded may be applied before the cancel or
+    refund request has answered; the order must still end refunded (it used
+    to stay refund_pending when the event won that race)."""
+    await shop.go_live()
+    provider = shop.commerce.provider
+    real_refund = provider.refund
+
+    async def fast_refund(intent_id):
+        # A provider whose refund event is delivered and applied before its
+        # refund call returns: the race, every time.
+        count = shop.commerce.events_applied
+        await real_refund(intent_id)
+        with trio.fail_after(20):
+            await shop.commerce.wait_events_applied(count + 1)
+
+    provider.refund = fast_refund
+    try:
+        for action in ("cancel", "refund"):
+            paid = await paid_order(shop)
+            answer = await act(shop, paid["id"], action, shop.host)
+            assert answer["payment_state"] == "refund_pending"
+            final = (await api.call("GET", f"/api/v1/orders/{paid['id']}", token=shop.buyer)).body
+            assert final["payment_state"] == "refunded", (action, final)
+            assert final["refund_reason"] == {"cancel": "order_cancelled", "refund": "seller_refund"}[action]
+            assert final["status"] == ("cancelled" if action == "cancel" else "refunded")
+    finally:
+        provider.refund = real_refund
+    assert await shop.stock() == 10
