@@ -4,8 +4,12 @@ the server's own webhook endpoint over real HTTPS. An order becomes paid
 only through a verified event, exactly once; forged, stale, future-dated and
 replayed events are refused."""
 
+import http.client
+import http.server
 import json
 import re
+import ssl
+import threading
 import time
 import urllib.parse
 
@@ -311,9 +315,6 @@ class FlakyEndpoint:
     of every delivery."""
 
     def __init__(self, failures):
-        import http.server
-        import threading
-
         self.failures = failures
         self.forward_to = None
         self.arrivals = []
@@ -339,9 +340,6 @@ class FlakyEndpoint:
         self.thread.start()
 
     def forward(self, body, signature):
-        import http.client
-        import ssl
-
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
