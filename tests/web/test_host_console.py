@@ -426,6 +426,17 @@ class LiveChecks(_glass.ConsoleHooks):
         await self._moderation(room_id, host, viewer)
         await self._order(room_id, host, viewer)
 
+        # The encoder's figures, and the data-made text in Chinese (pin kinds translated).
+        seen["publish_stats"] = await host.locator("#publish-stats").inner_text()
+        await host.get_by_label("Language", exact=True).select_option("zh")
+        await host.locator("#pins li[data-kind=product]", has_text=f"商品: {PRODUCT_TITLE}").wait_for(
+            timeout=STEP_MS)
+        seen["zh_pins"] = await host.locator("#pins").inner_text()
+        await host.locator("#publish-stats", has_text="已发送").wait_for(timeout=STEP_MS)
+        await host.screenshot(path=str(ARTIFACTS / "host-console-live-zh.png"), full_page=True)
+        await host.get_by_label("语言", exact=True).select_option("en")
+        await host.locator("#publish-stats", has_text="Sent").wait_for(timeout=STEP_MS)
+
     async def _cards(self, room_id: str, host, viewer) -> None:
         seen = self.seen
 
@@ -708,6 +719,8 @@ async def test_console_goes_live_from_fake_camera_while_others_watch(
     # Cards: pinned (the route exists on main), the flash sale accepted and counting down on
     # the viewer page, the coupon card shown and gone after Unpin.
     assert "Product: " + PRODUCT_TITLE in seen["pins_text"] and "product:" not in seen["pins_text"]
+    assert "商品: " + PRODUCT_TITLE in seen["zh_pins"] and "product" not in seen["zh_pins"], seen["zh_pins"]
+    assert "video frames" in seen["publish_stats"] and "kbit/s" in seen["publish_stats"], seen
     assert seen["flash_status"] == 201 and seen["coupon_status"] == 201
     assert all("0:" in text for text in seen["countdown"]), seen["countdown"]
     assert seen["coupon_unpinned"] is True

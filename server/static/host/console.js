@@ -128,7 +128,15 @@ async function showRooms(me) {
     const link = document.createElement("a");
     link.href = `/host/${room.id}`;
     link.textContent = room.title;
-    li.append(link, ` · ${t(lang, `state_${room.state}`)} · ${new Date(room.scheduled_start).toLocaleString()}`);
+    const live = document.createElement("a");
+    live.href = `/live/${encodeURIComponent(room.id)}`;
+    live.textContent = t(lang, "link_live");
+    live.setAttribute("aria-label", `${t(lang, "link_live")}: ${room.title}`);
+    const stats = document.createElement("a");
+    stats.href = `/rooms/${encodeURIComponent(room.id)}/stats`;
+    stats.textContent = t(lang, "link_stats");
+    stats.setAttribute("aria-label", `${t(lang, "link_stats")}: ${room.title}`);
+    li.append(link, ` · ${t(lang, `state_${room.state}`)} · ${new Date(room.scheduled_start).toLocaleString()} · `, live, " · ", stats);
     list.append(li);
   }
   const start = $("create-form").elements.scheduled_start;
