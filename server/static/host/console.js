@@ -40,9 +40,9 @@ function fail(error) {
 
 function clearError() { $("error").textContent = ""; }
 
-async function api(method, path, body) {
+async function api(method, path, body, tokenOverride) {
   const headers = { accept: "application/json" };
-  const token = localStorage.getItem(TOKEN_KEY);
+  const token = tokenOverride || localStorage.getItem(TOKEN_KEY);
   if (token) headers.authorization = `Bearer ${token}`;
   if (body !== undefined) headers["content-type"] = "application/json";
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
@@ -51,6 +51,18 @@ async function api(method, path, body) {
   try { data = text ? JSON.parse(text) : null; } catch { data = { message: text }; }
   if (response.status === 401 && !path.startsWith("/api/v1/auth/")) showLogin();
   return { status: response.status, ok: response.ok, data };
+}
+
+/** The room's host token from its setup: some routes want a token minted for the room. */
+function roomToken() {
+  return state.setup && state.setup.publish && state.setup.publish.token;
+}
+
+/** api(), again with the room's host token when the account's token is refused (403). */
+async function roomApi(method, path, body) {
+  const answer = await api(method, path, body);
+  if (answer.status !== 403 || !roomToken()) return answer;
+  return api(method, path, body, roomToken());
 }
 
 /** The error object of an API answer (field, message), for fail(). */
@@ -239,8 +251,7 @@ async function download(path, filename) {
   let response = await get(localStorage.getItem(TOKEN_KEY));
   // A route that wants a token minted for this room (not the account's) takes the room's
   // host token from its setup.
-  const roomToken = state.setup && state.setup.publish && state.setup.publish.token;
-  if (response.status === 403 && roomToken) response = await get(roomToken);
+  if (response.status === 403 && roomToken()) response = await get(roomToken());
   if (!response.ok) {
     let error = {};
     try { error = (await response.json()).error || {}; } catch { /* not JSON */ }
@@ -594,7 +605,7 @@ async function refresh(roomId) {
 
 /** The chat's moderation log (owner, team moderators, operators), when the server has it. */
 async function loadAudit(roomId) {
-  const answer = await api("GET", `/api/v1/rooms/${roomId}/chat/audit`);
+  const answer = await roomApi("GET", `/api/v1/rooms/${roomId}/chat/audit`);
   $("audit-section").hidden = !answer.ok;
   if (!answer.ok) { state.audit = null; return; }
   const entries = answer.data.entries || [];
