@@ -439,6 +439,17 @@ are compared against: the standalone @moq/watch with latency="0" (no added buffe
 BASELINE = "watch-latency-0"
 
 
+def _compared(name: str, what: str, value: float, base: list[float] | None, q: float) -> Record:
+    """A delay figure, with the baseline's same quantile as ``against`` and ``ratio`` when
+    ``base`` (the baseline's delays) is given."""
+    if base is None:
+        return Record("glass", f"{name}/{what}", value, "ms")
+    reference = percentile(base, q)
+    return Record("glass", f"{name}/{what}", value, "ms",
+                  against=f"host-browser-to-viewer-browser/{BASELINE}/{what}",
+                  ratio=value / reference if reference > 0 else None)
+
+
 async def _run(chromium: str, measure_s: float, progress: TextIO, config_path: str | None) -> list[Record]:
     import asyncio
 
@@ -471,13 +482,12 @@ async def _run(chromium: str, measure_s: float, progress: TextIO, config_path: s
                     for variant, page, latency_ms in VIEWER_VARIANTS:
                         print(f"glass: {variant}: measuring {measure_s:.0f} s of camera frames",
                               file=progress)
-                        glass = await trio.to_thread.run_sync(
-                            lambda: asyncio.run(drive_console(
-                                chromium=chromium, flags=STANDARD_FLAGS, port=started.port,
-                                viewer=page, viewer_base=viewer_base,
-                                artifacts=REPO / "test-artifacts" / "web",
-                                measure_s=measure_s, viewer_latency_ms=latency_ms,
-                                screenshot_prefix=f"glass-{variant}")))
+                        drive = functools.partial(
+                            drive_console, chromium=chromium, flags=STANDARD_FLAGS,
+                            port=started.port, viewer=page, viewer_base=viewer_base,
+                            artifacts=REPO / "test-artifacts" / "web", measure_s=measure_s,
+                            viewer_latency_ms=latency_ms, screenshot_prefix=f"glass-{variant}")
+                        glass = await trio.to_thread.run_sync(asyncio.run, drive())
                         if not glass.delays_ms:
                             tail = "\n".join(glass.console_log[-30:])
                             message = (f"glass: {variant}: no frame was both captured and drawn "
@@ -500,19 +510,10 @@ async def _run(chromium: str, measure_s: float, progress: TextIO, config_path: s
         print(f"glass: {variant}: {len(delays)} frames matched of {glass.renders} drawn; "
               f"publisher {glass.publisher_stats}", file=progress)
         name = f"host-browser-to-viewer-browser/{variant}"
-
-        def figure(what: str, value: float, base: list[float] | None, q: float | None) -> Record:
-            if baseline is None or variant == BASELINE or base is None or q is None:
-                return Record("glass", f"{name}/{what}", value, "ms")
-            reference = percentile(base, q)
-            return Record("glass", f"{name}/{what}", value, "ms",
-                          against=f"host-browser-to-viewer-browser/{BASELINE}/{what}",
-                          ratio=value / reference if reference > 0 else None)
-
-        base_delays = baseline.delays_ms if baseline is not None else None
+        base_delays = None if baseline is None or variant == BASELINE else baseline.delays_ms
         records += [
-            figure("p50", percentile(delays, 0.50), base_delays, 0.50),
-            figure("p99", percentile(delays, 0.99), base_delays, 0.99),
+            _compared(name, "p50", percentile(delays, 0.50), base_delays, 0.50),
+            _compared(name, "p99", percentile(delays, 0.99), base_delays, 0.99),
             Record("glass", f"{name}/max", max(delays), "ms"),
             Record("glass", f"{name}/capture-to-sent-p50", percentile(glass.encode_ms, 0.50), "ms"),
             Record("glass", f"{name}/frames", float(len(delays)), "frames"),

@@ -1,5 +1,6 @@
 """The host console's pages: ``/host`` (log in, list, create and schedule rooms) and
-``/host/{room_id}`` (go live from the browser or OBS, pins, figures, chat moderation),
+``/host/{room_id}`` (products and coupons, go live from the browser or OBS, pins, orders,
+figures, chat moderation, links and downloads),
 both one page under server/static/host/ (its files are served by the pages' general
 ``/static/{path}`` route, server/_pages.py), and the ``[host_console]`` settings the page
 encodes with at ``/host/settings.json``.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-
 from typing import Any
 
 from shopcast.server._config import Config, HostConsoleConfig
@@ -85,8 +85,8 @@ def documented_host_routes() -> list[tuple[str, str, str, str, str, tuple[str, .
         ("GET", "/host", "host_console", "The host console: log in, list, create and schedule rooms.",
          "text/html", everyone, page),
         ("GET", "/host/settings.json", "host_console_settings",
-         "The [host_console] settings the console captures and encodes with, and the paths and "
-         "bounds of other sections its forms use.", "application/json",
+         ("The [host_console] settings the console captures and encodes with, and the paths "
+          "and bounds of other sections its forms use."), "application/json",
          everyone, {200: ("The settings.", {"type": "object"})}),
         ("GET", "/host/{room_id}", "host_room_console",
          "A room's console: go live from the browser or OBS, pins, figures, chat moderation.",

@@ -827,7 +827,7 @@ async def test_console_product_form_refusal_names_the_variant_field(server_facto
                 "focused": await page.evaluate("document.activeElement.name"),
                 "products": await page.locator("#products").inner_text()}
 
-    started, port, room_id, out = await _room_console(server_factory, chromium, chromium_flags, drive_room)
+    _, port, room_id, out = await _room_console(server_factory, chromium, chromium_flags, drive_room)
     # The server's refusal names the variant's price; the console marks that input; nothing
     # was created or listed.
     assert "price" in out["error"], out
@@ -863,7 +863,7 @@ async def test_console_uploads_a_product_image(server_factory, chromium, chromiu
         await page.get_by_role("button", name="Pin: Mug").wait_for(timeout=STEP_MS)
         return {"error": await page.locator("#error").inner_text()}
 
-    started, port, room_id, out = await _room_console(server_factory, chromium, chromium_flags, drive_room)
+    _, port, room_id, out = await _room_console(server_factory, chromium, chromium_flags, drive_room)
     assert out["error"] == "", out
     status, listed = await trio.to_thread.run_sync(
         _glass.api_call, port, "GET", f"/api/v1/rooms/{room_id}/products")
