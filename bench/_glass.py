@@ -3,20 +3,25 @@
 One headless Chromium, two contexts. The host context opens the host console
 (``/host``), logs in, creates a room, starts Chromium's fake camera and
 microphone, publishes (WebCodecs H.264 + Opus over moq-lite) and goes live. The
-viewer context plays the room with an unmodified ``@moq/watch`` (the bundle of
-tests/web). Both read one clock (``performance.timeOrigin + performance.now()``,
-ms since the epoch, shared by every context of the machine):
+viewer context plays the room on shopcast's own viewer page ``/live/{room}``
+(the main figure: its player with the server's ``[web] player_latency_ms``), on
+the same page in datagram mode (``/live/{room}?mode=datagram``), and, as the
+figure it is compared against, on a standalone unmodified ``@moq/watch`` (the
+bundle of tests/web) with ``latency="0"`` (no added buffer). Both contexts read
+one clock (``performance.timeOrigin + performance.now()``, ms since the epoch,
+shared by every context of the machine):
 
 - capture time: the camera frame's own timestamp, put on that clock by the
   smallest camera-to-page delay seen (``CameraPublisher.captureTimes``), kept per
   media timestamp by the publisher;
-- render time: when ``<moq-watch>`` has drawn the frame on its canvas (its
-  renderer sets ``out.timestamp`` right after ``drawImage``).
+- render time: when the viewer page draws a decoded ``VideoFrame`` on its canvas
+  (``drawImage`` of the 2d context is wrapped, before the page loads, to note the
+  frame's timestamp and the time; every player draws that way).
 
 Frames are matched by their media timestamp. Run with
-``python -m shopcast.bench --suite glass`` (not part of the default run nor of
-``--quick``: it needs Chromium, Playwright and tests/web/node_modules, and takes
-about a minute). tests/web/test_host_console.py drives the same steps.
+``shopcast bench --suite glass`` (not part of the default run: it needs Chromium,
+Playwright and tests/web/node_modules, and takes a few minutes).
+tests/web/test_host_console.py drives the same steps.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import json
 import shutil
 import subprocess
 import tempfile
@@ -51,24 +57,28 @@ PLAY_TIMEOUT_S = 30.0
 MEASURE_SECONDS = 25.0
 """How long the bench measures (s): several hundred frames at the camera's rate."""
 
-# Runs in the viewer page: log (media ms, wall ms) each time <moq-watch> draws a frame.
-WATCH_RENDERS = """() => new Promise((resolve) => {
-  const attach = () => {
-    const el = document.querySelector("moq-watch");
-    if (!el || !el.renderer) return setTimeout(attach, 20);
-    window.__renders = [];
-    el.renderer.out.timestamp.subscribe((ms) => {
-      if (ms !== undefined) window.__renders.push([ms, performance.timeOrigin + performance.now()]);
-    });
-    resolve(true);
+RENDER_LOG_MAX = 100_000
+"""Drawn frames the viewer page notes at most (a bound on its memory)."""
+
+# Added to the viewer context before any page loads: note (media ms, wall ms) each time a
+# decoded VideoFrame is drawn on a 2d canvas (<moq-watch>'s renderer and the datagram player
+# both draw so; a VideoFrame's timestamp is the hang frame's media timestamp in µs).
+RENDER_LOG = """(() => {
+  window.__renders = [];
+  const draw = CanvasRenderingContext2D.prototype.drawImage;
+  CanvasRenderingContext2D.prototype.drawImage = function (image, ...rest) {
+    const result = draw.call(this, image, ...rest);
+    if (typeof VideoFrame !== "undefined" && image instanceof VideoFrame
+        && window.__renders.length < %d) {
+      window.__renders.push([image.timestamp / 1000, performance.timeOrigin + performance.now()]);
+    }
+    return result;
   };
-  attach();
-})"""
+})();""" % RENDER_LOG_MAX
 
 # Runs in the viewer page: a small summary of the canvas pixels (as tests/relay's interop test).
 CANVAS_SAMPLE = """() => {
-  const el = document.querySelector("moq-watch");
-  const canvas = el && el.querySelector("canvas");
+  const canvas = document.querySelector("moq-watch canvas, canvas.datagram-video");
   const out = {width: canvas ? canvas.width : 0, height: canvas ? canvas.height : 0,
                renders: (window.__renders || []).length};
   if (!canvas || !canvas.width || !canvas.height) return out;
@@ -164,6 +174,11 @@ class GlassRun:
 class ConsoleHooks:
     """Called by drive_console at each stage, with the Playwright pages; do nothing here."""
 
+    def viewer_storage(self) -> dict[str, str]:
+        """localStorage items of the viewer context (e.g. a logged-in account), set before
+        its pages load."""
+        return {}
+
     async def created(self, room_id: str, host: Any) -> None:
         """The room exists and its console page is open, nothing published yet."""
 
@@ -173,20 +188,34 @@ class ConsoleHooks:
     async def live(self, room_id: str, host: Any, viewer: Any) -> None:
         """The room is live and the viewer draws pictures."""
 
+    async def ended(self, room_id: str, host: Any) -> None:
+        """The host ended the live; the console shows it ended."""
 
-async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_base: str,
-                        artifacts: Path, measure_s: float,
+
+VIEWERS = ("live", "live-datagram", "watch")
+"""Viewer pages: shopcast's /live/{room}, the same in datagram mode, the standalone
+@moq/watch page (tests/web/watch.html, served from ``viewer_base``)."""
+
+
+async def drive_console(*, chromium: str, flags: list[str], port: int, artifacts: Path,
+                        measure_s: float, viewer: str = "live", viewer_base: str | None = None,
                         hooks: "ConsoleHooks | None" = None,
-                        viewer_latency_ms: float | None = None) -> GlassRun:
+                        viewer_latency_ms: float | None = None,
+                        screenshot_prefix: str = "host") -> GlassRun:
     """In one headless Chromium (asyncio; Playwright), do what a host and a viewer do: log
     in, create a room, publish the fake camera, rehearse, go live, watch it from a second
     context for ``measure_s``, end the live.
 
-    The host account ``HOST_NAME`` must exist. ``hooks`` are awaited at each stage (the
-    caller's own checks run meanwhile). Returns a GlassRun; raises TimeoutError
-    (Playwright's) naming the step that hung. ``viewer_latency_ms`` sets the player's
-    ``latency`` attribute (its jitter buffer); None leaves @moq/watch's default.
+    The host account ``HOST_NAME`` must exist. ``viewer`` is one of VIEWERS. ``hooks``
+    are awaited at each stage (the caller's own checks run meanwhile). Returns a GlassRun;
+    raises TimeoutError (Playwright's) naming the step that hung. ``viewer_latency_ms``
+    sets the standalone player's ``latency`` attribute (its jitter buffer); None leaves
+    @moq/watch's default (the /live page uses the server's [web] player_latency_ms).
     """
+    if viewer not in VIEWERS:
+        raise ValueError(f"viewer must be one of {', '.join(VIEWERS)}")
+    if viewer == "watch" and viewer_base is None:
+        raise ValueError("the watch viewer needs viewer_base (serve_directory of the bundle)")
     hooks = hooks or ConsoleHooks()
     from playwright.async_api import async_playwright
 
@@ -234,6 +263,10 @@ async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_ba
             await host.wait_for_function("window.hostConsole && window.hostConsole.setup",
                                          timeout=STEP_TIMEOUT_MS)
             await hooks.created(result.room_id, host)
+            path = artifacts / f"{screenshot_prefix}-console-room.png"
+            artifacts.mkdir(parents=True, exist_ok=True)
+            await host.screenshot(path=str(path), full_page=True)
+            result.screenshots.append(str(path))
 
             async def wait_state(state: str) -> None:
                 await host.wait_for_selector(f'#room-state[data-state="{state}"]', timeout=STEP_TIMEOUT_MS)
@@ -250,13 +283,24 @@ async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_ba
             await host.get_by_role("button", name="Go live now").click()
             await wait_state("live")
 
-            viewer_context = await browser.new_context(viewport={"width": 800, "height": 480})
+            viewer_context = await browser.new_context(ignore_https_errors=True,
+                                                       viewport={"width": 1100, "height": 800})
+            await viewer_context.add_init_script(RENDER_LOG)
+            storage = hooks.viewer_storage()
+            if storage:
+                await viewer_context.add_init_script(
+                    "for (const [k, v] of Object.entries(%s)) localStorage.setItem(k, v);"
+                    % json.dumps(storage))
+            viewer_page = viewer
             viewer = await viewer_context.new_page()
             viewer.on("console", lambda m: log.append(f"viewer console.{m.type}: {m.text}"))
             viewer.on("pageerror", lambda e: log.append(f"viewer pageerror: {e}"))
-            await viewer.goto(f"{viewer_base}watch.html?url=http://127.0.0.1:{port}/moq&name={result.room_id}")
-            await viewer.evaluate(WATCH_RENDERS)
-            if viewer_latency_ms is not None:
+            if viewer_page == "watch":
+                await viewer.goto(f"{viewer_base}watch.html?url=http://127.0.0.1:{port}/moq&name={result.room_id}")
+            else:
+                query = "?mode=datagram" if viewer_page == "live-datagram" else ""
+                await viewer.goto(f"{origin}/live/{result.room_id}{query}")
+            if viewer_page == "watch" and viewer_latency_ms is not None:
                 await viewer.evaluate("(ms) => document.querySelector('moq-watch')"
                                       ".setAttribute('latency', String(ms))", viewer_latency_ms)
             started = time.monotonic()
@@ -288,7 +332,8 @@ async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_ba
                     result.encode_ms.append(times[1] - times[0])
 
             artifacts.mkdir(parents=True, exist_ok=True)
-            for name, page in (("host-console-live", host), ("host-viewer", viewer)):
+            for name, page in ((f"{screenshot_prefix}-console-live", host),
+                               (f"{screenshot_prefix}-viewer-{viewer_page}", viewer)):
                 path = artifacts / f"{name}.png"
                 await page.screenshot(path=str(path), full_page=name.startswith("host-console"))
                 result.screenshots.append(str(path))
@@ -296,7 +341,8 @@ async def drive_console(*, chromium: str, flags: list[str], port: int, viewer_ba
 
             await host.get_by_role("button", name="End the live").click()
             await wait_state("ended")
-            path = artifacts / "host-console-ended.png"
+            await hooks.ended(result.room_id, host)
+            path = artifacts / f"{screenshot_prefix}-console-ended.png"
             await host.screenshot(path=str(path), full_page=True)
             result.screenshots.append(str(path))
             await host_context.close()
@@ -381,9 +427,27 @@ def _importable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-VIEWER_VARIANTS = (("player-default", None), ("player-latency-0", 0.0))
-"""The viewer's jitter buffer: @moq/watch's default (100 ms when the connection has no RTT
-probe, as with moq-lite draft-02), and its ``latency="0"`` (no added buffer)."""
+VIEWER_VARIANTS = (
+    # (figure name, viewer page, standalone player's latency attribute)
+    ("live-page", "live", None),
+    ("live-page-datagram", "live-datagram", None),
+    ("watch-latency-0", "watch", 0.0),
+)
+"""The main figure: shopcast's own viewer page /live/{room}, with its player's buffer
+(the server's [web] player_latency_ms); the same page in datagram mode; and the figure they
+are compared against: the standalone @moq/watch with latency="0" (no added buffer)."""
+BASELINE = "watch-latency-0"
+
+
+def _compared(name: str, what: str, value: float, base: list[float] | None, q: float) -> Record:
+    """A delay figure, with the baseline's same quantile as ``against`` and ``ratio`` when
+    ``base`` (the baseline's delays) is given."""
+    if base is None:
+        return Record("glass", f"{name}/{what}", value, "ms")
+    reference = percentile(base, q)
+    return Record("glass", f"{name}/{what}", value, "ms",
+                  against=f"host-browser-to-viewer-browser/{BASELINE}/{what}",
+                  ratio=value / reference if reference > 0 else None)
 
 
 async def _run(chromium: str, measure_s: float, progress: TextIO, config_path: str | None) -> list[Record]:
@@ -395,6 +459,7 @@ async def _run(chromium: str, measure_s: float, progress: TextIO, config_path: s
     from shopcast.server._config import load_config
 
     runs: list[tuple[str, GlassRun]] = []
+    failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="shopcast-glass-") as scratch:
         scratch_path = Path(scratch)
         overrides = {section: dict(values) for section, values in SERVER_OVERRIDES.items()}
@@ -402,6 +467,8 @@ async def _run(chromium: str, measure_s: float, progress: TextIO, config_path: s
         overrides["rtmp"] = {"port": 0}
         overrides["log"] = {"level": "error"}
         config = load_config(config_path, environ={}, overrides=overrides)
+        print(f"glass: the /live page's player buffer is [web] player_latency_ms = "
+              f"{config.web.player_latency_ms} ms", file=progress)
         bundle = scratch_path / "web"
         bundle.mkdir()
         await trio.to_thread.run_sync(build_watch_bundle, WEB_DIR, bundle)
@@ -412,32 +479,45 @@ async def _run(chromium: str, measure_s: float, progress: TextIO, config_path: s
             try:
                 await prepare_host(started.port)
                 with serve_directory(bundle) as viewer_base:
-                    for variant, latency_ms in VIEWER_VARIANTS:
+                    for variant, page, latency_ms in VIEWER_VARIANTS:
                         print(f"glass: {variant}: measuring {measure_s:.0f} s of camera frames",
                               file=progress)
-                        runs.append((variant, await trio.to_thread.run_sync(
-                            lambda: asyncio.run(drive_console(
-                                chromium=chromium, flags=STANDARD_FLAGS, port=started.port,
-                                viewer_base=viewer_base, artifacts=REPO / "test-artifacts",
-                                measure_s=measure_s, viewer_latency_ms=latency_ms)))))
+                        drive = functools.partial(
+                            drive_console, chromium=chromium, flags=STANDARD_FLAGS,
+                            port=started.port, viewer=page, viewer_base=viewer_base,
+                            artifacts=REPO / "test-artifacts" / "web", measure_s=measure_s,
+                            viewer_latency_ms=latency_ms, screenshot_prefix=f"glass-{variant}")
+                        glass = await trio.to_thread.run_sync(asyncio.run, drive())
+                        if not glass.delays_ms:
+                            tail = "\n".join(glass.console_log[-30:])
+                            message = (f"glass: {variant}: no frame was both captured and drawn "
+                                       f"(renders {glass.renders}, captures {glass.captures}, first "
+                                       f"picture {glass.first_picture}, last canvas "
+                                       f"{glass.last_sample})\n{tail}")
+                            if page == "live-datagram":
+                                # The datagram mode is reported missing, not fatal to the suite.
+                                print(message, file=progress)
+                                failed.append(variant)
+                                continue
+                            raise RuntimeError(message)
+                        runs.append((variant, glass))
             finally:
                 shutdown.set()
-    records = []
+    records: list[Record] = []
+    baseline = dict(runs).get(BASELINE)
     for variant, glass in runs:
-        if not glass.delays_ms:
-            tail = "\n".join(glass.console_log[-30:])
-            raise RuntimeError(f"glass: {variant}: no frame was both captured and drawn (renders "
-                               f"{glass.renders}, captures {glass.captures}, first picture "
-                               f"{glass.first_picture}, last canvas {glass.last_sample})\n{tail}")
         delays = glass.delays_ms
         print(f"glass: {variant}: {len(delays)} frames matched of {glass.renders} drawn; "
               f"publisher {glass.publisher_stats}", file=progress)
         name = f"host-browser-to-viewer-browser/{variant}"
+        base_delays = None if baseline is None or variant == BASELINE else baseline.delays_ms
         records += [
-            Record("glass", f"{name}/p50", percentile(delays, 0.50), "ms"),
-            Record("glass", f"{name}/p99", percentile(delays, 0.99), "ms"),
+            _compared(name, "p50", percentile(delays, 0.50), base_delays, 0.50),
+            _compared(name, "p99", percentile(delays, 0.99), base_delays, 0.99),
             Record("glass", f"{name}/max", max(delays), "ms"),
             Record("glass", f"{name}/capture-to-sent-p50", percentile(glass.encode_ms, 0.50), "ms"),
             Record("glass", f"{name}/frames", float(len(delays)), "frames"),
         ]
+    for variant in failed:
+        print(f"glass: {variant}: no figure (see above)", file=progress)
     return records

@@ -249,7 +249,7 @@ class ServerApp:
         add("GET", "/api/v1/rooms/{room_id}/viewers", self._viewers, "room_viewers")
         add("GET", "/api/v1/rooms/{room_id}/chat", self._chat_download, "room_chat_download")
         register_host_pages(self.router, max_age_s=self.config.http.static_max_age_s,
-                            settings=self.config.host_console)
+                            settings=self.config.host_console, config=self.config)
 
     async def _viewers(self, request: Request, room_id: str) -> Response:
         broadcast = self.relay.broadcasts.get(room_id)

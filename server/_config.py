@@ -486,6 +486,8 @@ class HostConsoleConfig:
     poll_interval_ms: int = _spec(min=250, max=60_000, unit="ms")
     chat_shown_messages: int = _spec(min=10, max=10_000, unit="count")
     mute_s: int = _spec(min=1, max=86_400, unit="s")
+    chat_rate_window_ms: int = _spec(min=1000, max=3_600_000, unit="ms")
+    go_live_lead_ms: int = _spec(min=500, max=60_000, unit="ms")
 
 
 @dataclass(frozen=True)
