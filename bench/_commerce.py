@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 import trio
 
-from shopcast.bench._record import Record
+from shopcast.bench._record import Record, percentile
 
 __all__ = ["FlashSale", "SALES", "SaleSize", "ServerProcess", "run"]
 
@@ -431,11 +431,6 @@ def ledger(data_dir: Path, sku_id: str) -> dict[str, int]:
         connection.close()
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else -1.0
-
-
 async def _bench(buyers: int, stock: int, connections: int, config: str | None,
                  progress: TextIO) -> tuple[SaleResult, tuple[float, list[float]], dict[str, int]]:
     with tempfile.TemporaryDirectory(prefix="shopcast-bench-commerce-") as tmp:
@@ -476,9 +471,9 @@ def run(quick: bool, progress: TextIO, config: str | None = None) -> list[Record
     floor = f"flash-sale/{connections}-connections/healthz"
     rate = answered / result.wall_s
     hold_rate = len(result.holds) / result.last_hold_s if result.last_hold_s else 0.0
-    p50, p99 = (_percentile(result.latencies_s, q) * 1000 for q in (0.5, 0.99))
-    hold_p99 = _percentile(result.hold_latencies_s, 0.99) * 1000
-    floor_p50, floor_p99 = (_percentile(floor_latencies, q) * 1000 for q in (0.5, 0.99))
+    p50, p99 = (percentile(result.latencies_s, q) * 1000 for q in (0.5, 0.99))
+    hold_p99 = percentile(result.hold_latencies_s, 0.99) * 1000
+    floor_p50, floor_p99 = (percentile(floor_latencies, q) * 1000 for q in (0.5, 0.99))
     return [
         Record("commerce", f"{floor}/rate", floor_rate, "requests/s"),
         Record("commerce", f"{floor}/latency-p50", floor_p50, "ms"),

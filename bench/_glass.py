@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
-from shopcast.bench._record import Record
+from shopcast.bench._record import Record, percentile
 
 __all__ = ["ConsoleHooks", "GlassRun", "api_call", "prepare_host", "build_watch_bundle", "drive_console", "percentile", "run", "serve_directory"]
 
@@ -102,13 +102,6 @@ def is_picture(sample: dict) -> bool:
     pictures are told apart by their hashes changing, not by their colours.)"""
     return sample.get("hash") is not None and sample.get("renders", 0) > 0 and sample["litFraction"] > 0.25
 
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) by nearest rank."""
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("no values")
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def build_watch_bundle(web_dir: Path, out_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,4 +42,6 @@ def to_json(records: list[Record]) -> str:
 def percentile(values, q: float) -> float:
     """The ``q`` quantile (0..1) of ``values`` by the nearest-rank rule; -1.0 when empty."""
     ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))]) if ordered else -1.0
+    if not ordered:
+        return -1.0
+    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))])

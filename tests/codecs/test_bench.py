@@ -101,8 +101,9 @@ def test_latency_ratios_compare_datagram_with_stream_at_the_same_loss():
     from shopcast.bench._record import percentile
 
     assert percentile([], 0.5) == -1.0
-    assert percentile([3, 1, 2, 4], 0.5) == 3.0
-    assert percentile(list(range(100)), 0.99) == 99.0
+    assert percentile([3, 1, 2, 4], 0.5) == 2.0
+    assert percentile(list(range(1, 101)), 0.99) == 99.0
+    assert percentile([7.0], 0.99) == 7.0
     records = [Record("latency", f"latency/{mode}/loss-2pct/delay-{q}", value, "ms")
                for mode, q, value in (("stream", "p50", 10.0), ("stream", "p99", 40.0),
                                       ("datagram", "p50", 5.0), ("datagram", "p99", 10.0))]

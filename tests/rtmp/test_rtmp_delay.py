@@ -13,15 +13,11 @@ import statistics
 import pytest
 import trio
 
+from shopcast.bench._record import percentile
 from shopcast.client import connect, decode_frame_untrusted
 from shopcast.codecs import TagType, parse_audio_tag_untrusted, parse_video_tag_untrusted
 
 pytestmark = pytest.mark.e2e
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def test_server_added_delay_is_reported(server_factory, rtmp_helpers, ffmpeg):
