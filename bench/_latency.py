@@ -38,7 +38,7 @@ FPS = 30
 GOP_FRAMES = 30
 LOSS_RATES = (0.0, 0.02, 0.05)
 TAIL_S = 1.0  # the viewer keeps receiving this long after the measured window, for late frames
-STARTUP_S = 30.0  # bound on the proxy's and the viewer's start-up (imports, the first subscribe)
+STARTUP_S = 120.0  # bound on the proxy's and the viewer's start-up (imports, the first subscribe)
 
 
 def _now_us() -> int:
@@ -89,7 +89,7 @@ async def _python_publisher(port: int, sha: str, token: str, room: str, frame_by
 
 
 async def _one_run(started, app, ingest, ffmpeg: str | None, mode: str, loss: float,
-                   seconds: float, bitrate_bps: int) -> tuple[list[float], int]:
+                   seconds: float, bitrate_bps: int, config: str | None = None) -> tuple[list[float], int]:
     """One viewer in ``mode`` behind ``loss``: (delays in ms, frames sent in its window)."""
     room = f"bench-{mode}-{round(loss * 100)}"
     ingest.rooms.pop(room, None)
@@ -116,7 +116,7 @@ async def _one_run(started, app, ingest, ffmpeg: str | None, mode: str, loss: fl
                 while "video" not in getattr(app.relay.broadcasts.get(room), "tracks", {}):
                     await trio.sleep(0.02)
             viewer = await _spawn("shopcast.bench._latency_clients", mode, str(proxy_port), sha, room,
-                                  str(seconds + TAIL_S))
+                                  str(seconds + TAIL_S), *([config] if config else []))
             processes.append(viewer)
             output = bytearray()
             ready_us = int((await _read_line(viewer, output, STARTUP_S)).split()[1])
@@ -148,7 +148,8 @@ async def _measure_all(ffmpeg: str | None, modes: tuple[str, ...], losses: tuple
             for loss in losses:
                 source = "ffmpeg over RTMP" if ffmpeg else "a Python publisher over QUIC (no ffmpeg)"
                 print(f"bench latency: {source}, {mode} delivery at {loss:.0%} loss", file=progress)
-                delays, sent = await _one_run(started, app, ingest, ffmpeg, mode, loss, seconds, bitrate_bps)
+                delays, sent = await _one_run(started, app, ingest, ffmpeg, mode, loss, seconds, bitrate_bps,
+                                             config)
                 tag = f"latency/{mode}/loss-{round(loss * 100)}pct"
                 records += [
                     Record("latency", f"{tag}/delay-p50", percentile(delays, 0.50), "ms"),
@@ -161,8 +162,12 @@ async def _measure_all(ffmpeg: str | None, modes: tuple[str, ...], losses: tuple
 def run(quick: bool, progress: TextIO, config: str | None = None,
         modes: tuple[str, ...] = MODES, bitrate_bps: int = 2 * MBIT) -> list[Record]:
     """Run the latency suite for each delivery mode and loss rate."""
+    from shopcast.codecs import warmup
+
     ffmpeg = shutil.which("ffmpeg")
     seconds = 2.0 if quick else 10.0
+    # Compiled (and cached on disk) here, so the viewer processes load the kernels at once.
+    warmup()
     with tempfile.TemporaryDirectory(prefix="shopcast-bench-") as tmp:
         # The quick smoke run takes the highest loss only, to stay within its minute.
         losses = LOSS_RATES[-1:] if quick else LOSS_RATES

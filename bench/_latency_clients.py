@@ -1,8 +1,9 @@
 """The latency suite's viewer, run as its own process behind the lossy proxy:
-``python -m shopcast.bench._latency_clients MODE PROXY_PORT SHA256 ROOM SECONDS``.
+``python -m shopcast.bench._latency_clients MODE PROXY_PORT SHA256 ROOM SECONDS [CONFIG]``.
 
 MODE is ``stream`` (moq-lite, a QUIC stream per group) or ``datagram``
-(packetizer, FEC, jitter buffer and resends). Prints ``READY <monotonic µs>``
+(packetizer, FEC, jitter buffer and resends; the jitter buffer under CONFIG's
+``[media]`` when given, as a viewer tuned by the operator). Prints ``READY <monotonic µs>``
 once subscribed, then, SECONDS later (or once the broadcast ends), one JSON list
 of ``[frame timestamp µs, first 8 payload bytes as an integer, arrival
 monotonic µs]`` per video frame received. CLOCK_MONOTONIC is the same clock in
@@ -23,7 +24,7 @@ __all__ = ["MODES"]
 
 MODES = ("stream", "datagram")
 SUBSCRIBE_ATTEMPTS = 200  # tries while the relay has not made the track yet (50 ms apart)
-STARTUP_S = 30.0  # bound on connecting and subscribing
+STARTUP_S = 120.0  # bound on connecting and subscribing
 
 
 def _now_us() -> int:
@@ -40,7 +41,7 @@ def _ready(scope: trio.CancelScope, seconds: float) -> None:
     scope.deadline = trio.current_time() + seconds
 
 
-async def _stream(url: str, sha: str, room: str, samples: list, ready) -> None:
+async def _stream(url: str, sha: str, room: str, samples: list, ready, config) -> None:
     from shopcast.client import connect
 
     async with connect(url, certificate_sha256=sha) as client:
@@ -55,13 +56,13 @@ async def _stream(url: str, sha: str, room: str, samples: list, ready) -> None:
             samples.append(_sample(frame.payload))
 
 
-async def _datagram(url: str, sha: str, room: str, samples: list, ready) -> None:
+async def _datagram(url: str, sha: str, room: str, samples: list, ready, config) -> None:
     from shopcast.server._datagram_client import DatagramRefused, subscribe_datagrams
 
     for _ in range(SUBSCRIBE_ATTEMPTS):
         try:
             async with subscribe_datagrams(url.replace("/moq", "/dgram"), room, "video",
-                                           certificate_sha256=sha) as subscription:
+                                           certificate_sha256=sha, config=config) as subscription:
                 ready()
                 async for frame in subscription.frames:
                     samples.append(_sample(frame.payload))
@@ -70,15 +71,19 @@ async def _datagram(url: str, sha: str, room: str, samples: list, ready) -> None
             await trio.sleep(0.05)
 
 
-async def _main(mode: str, proxy_port: int, sha: str, room: str, seconds: float) -> None:
+async def _main(mode: str, proxy_port: int, sha: str, room: str, seconds: float,
+                config_path: str | None) -> None:
+    from shopcast.server._config import load_config
+
+    config = load_config(config_path, environ={})
     samples: list[list[int]] = []
     receive = {"stream": _stream, "datagram": _datagram}[mode]
     with trio.move_on_after(STARTUP_S) as scope:
         await receive(f"https://127.0.0.1:{proxy_port}/moq", sha, room, samples,
-                      lambda: _ready(scope, seconds))
+                      lambda: _ready(scope, seconds), config)
     print(json.dumps(samples), flush=True)
 
 
 if __name__ == "__main__":
     mode_, port_, sha_, room_, seconds_ = sys.argv[1:6]
-    trio.run(_main, mode_, int(port_), sha_, room_, float(seconds_))
+    trio.run(_main, mode_, int(port_), sha_, room_, float(seconds_), (sys.argv[6:7] or [None])[0])

@@ -298,8 +298,12 @@ def ingest_kernel(data, offsets, lengths, arrivals_us, cfg, st, fst, pk, pp, fr)
                 st[S_UNNEEDED] += 1
             else:
                 st[S_LATE] += 1
-                if fr[fs, F_SEQ] == ext_frame and fr[fs, F_LEFT] == SKIPPED:
-                    # Its frame was given up at the deadline: the delay was too short.
+                slot = ext_seq & mask
+                asked_again = pk[slot, P_SEQ] == ext_seq and pk[slot, P_NACKS] > 0
+                # Its frame was given up at the deadline: the delay was too short. Not so
+                # for a packet NACKed as lost: its lateness is the loss's, and waiting for
+                # every resend would make each loss hold up the frames behind it.
+                if fr[fs, F_SEQ] == ext_frame and fr[fs, F_LEFT] == SKIPPED and not asked_again:
                     needed = float(arrival_us - fr[fs, F_SEEN_US]) * fst[X_LATE_HEADROOM]
                     fst[X_LATE_US] = max(fst[X_LATE_US], min(needed, float(cfg[C_DELAY_MAX_US])))
             continue

@@ -198,7 +198,8 @@ class JitterTwin:
         if frame_seq < self.next_frame or seq <= self.high_seq - self.ring or base < self.low_seq:
             old = self.frames.get(frame_seq)
             self.counts["unneeded" if old is not None and old.left == "delivered" else "late"] += 1
-            if old is not None and old.left == "skipped":
+            asked = self.packets.get(seq)
+            if old is not None and old.left == "skipped" and not (asked is not None and asked.nacks > 0):
                 needed = float(arrival_us - old.seen_us) * self.late_headroom
                 self.late_us = max(self.late_us, min(needed, float(self.delay_max_us)))
             return 0
