@@ -17,6 +17,13 @@ carried it) and END (the broadcast ended cleanly). ``arrival_us`` grows
 through the whole file: a later segment continues where the previous one
 stopped, so a replay plays segments back to back.
 
+A segment's media timestamps are the publisher's and restart with it (an
+encoder that reconnects starts RTMP time at zero again). The index gives
+every segment a media offset so that its audio and video follow the
+previous segment's on one timeline, with no gap (the arrival times have
+none either): a replay rewrites the timestamps of later segments' media
+frames with it, and the MP4 export uses the same offsets.
+
 Resource handling: the Recorder taps tracks synchronously (a list append per
 frame, nothing else on the media path) and writes batches from a worker
 thread once per ``flush_interval_ms``, with an fsync at least every
@@ -47,6 +54,7 @@ from shopcast.server.moq import (
     ProtocolViolation,
     decode_catalog_untrusted,
     decode_frame_untrusted,
+    encode_frame,
 )
 
 __all__ = [
@@ -178,6 +186,18 @@ class RecordingIndex:
     first_media_us: int | None = None
     """The hang timestamp of the first video frame: a page converts a media
     timestamp to a seek offset (``ROOM/replay@START_US``) with it."""
+    segment_starts: list[int] = field(default_factory=list)
+    """Record numbers of the SEGMENT records, in order."""
+    segment_offsets_us: list[int] = field(default_factory=list)
+    """What to add to the media timestamps of each segment so that the
+    segments follow one another (0 for the first; see the module docstring)."""
+    media: frozenset[str] = frozenset()
+    """The audio and video tracks (``media_tracks``), whose frames carry media timestamps."""
+
+    def media_offset_us(self, number: int) -> int:
+        """The media offset of the segment record ``number`` belongs to."""
+        segment = bisect.bisect_right(self.segment_starts, number) - 1
+        return self.segment_offsets_us[segment] if segment > 0 else 0
 
     @property
     def duration_us(self) -> int:
@@ -219,11 +239,17 @@ def read_index(path: Path) -> RecordingIndex:
         names: dict[int, str] = {}
         seen: set[str] = set()
         first_us: dict[str, int] = {}
+        spans: list[dict[str, _Span]] = [{}]
+        """Per segment and track: the media timestamps its frames span."""
         # Every payload is checked (the whole file is read once; the index is
         # cached): a replay never sends a damaged frame.
         for kind, track, arrival_us, group, payload, offset, length in iter_records_untrusted(f):
+            number = len(index.offsets)
             if kind == SEGMENT:
                 names = {}
+                if index.segment_starts:
+                    spans.append({})
+                index.segment_starts.append(number)
             elif kind == TRACK:
                 name = payload.decode("utf-8", "replace")
                 names[track] = name
@@ -231,21 +257,27 @@ def read_index(path: Path) -> RecordingIndex:
                     seen.add(name)
                     index.track_names.append(name)
             name = names.get(track, "") if kind in (GROUP, FRAME) else ""
-            number = len(index.offsets)
             index.offsets.append(offset)
             index.arrivals.append(arrival_us)
             index.kinds.append(kind)
             index.tracks.append(name)
             if kind == FRAME and name == CATALOG_TRACK:
                 index.catalogs.append((number, payload))
-            elif kind == FRAME and name not in first_us and payload:
+            elif kind == FRAME and payload:
                 try:
-                    first_us[name] = decode_frame_untrusted(payload)[0]
-                except ProtocolViolation:
+                    timestamp_us = decode_frame_untrusted(payload)[0]
+                except ProtocolViolation:  # not a hang frame (chat): no media time
                     pass
+                else:
+                    first_us.setdefault(name, timestamp_us)
+                    span = spans[-1].get(name)
+                    if span is None:
+                        spans[-1][name] = _Span(timestamp_us, timestamp_us, timestamp_us)
+                    else:
+                        span.add(timestamp_us)
             index.end = f.tell()
-        media = index.media_tracks()
-        videos = [n for n in index.track_names if n in media and n != CATALOG_TRACK]
+        index.media = frozenset(index.media_tracks() - {CATALOG_TRACK})
+        videos = [n for n in index.track_names if n in index.media]
         for _, payload in index.catalogs[:1]:
             try:
                 catalog = decode_catalog_untrusted(payload, max_size_bytes=len(payload))
@@ -258,7 +290,48 @@ def read_index(path: Path) -> RecordingIndex:
         index.seek_points = [i for i, (k, t) in enumerate(zip(index.kinds, index.tracks))
                              if k == GROUP and t == index.video_track]
         index.first_media_us = first_us.get(index.video_track)
+        index.segment_offsets_us = segment_offsets_us(
+            [{t: s for t, s in segment.items() if t in index.media} for segment in spans])
     return index
+
+
+@dataclass
+class _Span:
+    """The media timestamps of one track in one segment."""
+
+    first_us: int
+    last_us: int
+    previous_us: int
+    step_us: int = 0
+    """The smallest positive step between consecutive frames: one frame's
+    duration (with B-frames too, whose decode order jumps back and forth)."""
+
+    def add(self, timestamp_us: int) -> None:
+        step = timestamp_us - self.previous_us
+        if step > 0 and (self.step_us == 0 or step < self.step_us):
+            self.step_us = step
+        self.previous_us = timestamp_us
+        self.first_us = min(self.first_us, timestamp_us)
+        self.last_us = max(self.last_us, timestamp_us)
+
+
+def segment_offsets_us(segments: list[dict[str, _Span]]) -> list[int]:
+    """Each segment's media offset: its earliest media timestamp moved to
+    just after the end of the previous segment's media (last timestamp plus
+    one frame, on the track that ends last). One offset for all of a
+    segment's tracks keeps its audio and video in sync; a segment with no
+    media keeps the offset before it."""
+    offsets: list[int] = []
+    end_us: int | None = None
+    for spans in segments:
+        offset = offsets[-1] if offsets else 0
+        if spans:
+            start = min(s.first_us for s in spans.values())
+            if end_us is not None:
+                offset = end_us - start
+            end_us = max(s.last_us + s.step_us for s in spans.values()) + offset
+        offsets.append(offset)
+    return offsets
 
 
 def read_records(path: Path, index: RecordingIndex, first: int, last: int) -> list[tuple[int, str, int, bytes]]:
@@ -721,21 +794,18 @@ class ReplayService:
         # audio or video (catalog, chat, pins, counts), sent at once, so a
         # viewer who seeks knows the catalog and what is pinned.
         if first > 0:
-            media = index.media_tracks() - {CATALOG_TRACK}
             last_group: dict[str, int] = {}
             for number in range(first):
-                if index.kinds[number] == GROUP and index.tracks[number] not in media:
+                if index.kinds[number] == GROUP and index.tracks[number] not in index.media:
                     last_group[index.tracks[number]] = number
             if last_group:
-                records = await trio.to_thread.run_sync(read_records, path, index,
-                                                        min(last_group.values()), first,
-                                                        limiter=self._readers)
                 start = min(last_group.values())
-                for offset, (kind, track_name, _, payload) in enumerate(records):
-                    number = start + offset
+                records = await trio.to_thread.run_sync(read_records, path, index, start, first,
+                                                        limiter=self._readers)
+                for number, (kind, track_name, _, payload) in enumerate(records, start=start):
                     if track_name not in last_group or number < last_group[track_name]:
                         continue
-                    self._apply(broadcast, index, kind, track_name, payload)
+                    self._apply(broadcast, index, number, kind, track_name, payload)
         t0 = index.arrivals[first]
         started = trio.current_time()
         ahead_us = max(1, int(self.settings.replay_read_ahead_s * 1e6))
@@ -751,11 +821,11 @@ class ReplayService:
                 return
             for kind, track_name, arrival_us, payload in records:
                 await trio.sleep_until(started + (arrival_us - t0) / 1e6)
-                self._apply(broadcast, index, kind, track_name, payload)
-            number += len(records)
+                self._apply(broadcast, index, number, kind, track_name, payload)
+                number += 1
 
     @staticmethod
-    def _apply(broadcast: Broadcast, index: RecordingIndex, kind: int, track_name: str,
+    def _apply(broadcast: Broadcast, index: RecordingIndex, number: int, kind: int, track_name: str,
                payload: bytes) -> None:
         track = broadcast.tracks.get(track_name)
         if track is None:
@@ -765,21 +835,45 @@ class ReplayService:
         elif kind == FRAME:
             if track_name == CATALOG_TRACK:
                 payload = _with_replay_field(payload, index)
+            elif track_name in index.media:
+                offset_us = index.media_offset_us(number)
+                if offset_us and payload:
+                    # A later segment: its restarted timestamps continue the previous one's.
+                    try:
+                        timestamp_us, body = decode_frame_untrusted(payload)
+                    except ProtocolViolation:  # sent as recorded, as it was live
+                        pass
+                    else:
+                        payload = encode_frame(max(0, timestamp_us + offset_us), body)
             if track.current is None or track.current.ended:
                 track.begin_group()
             track.append(payload)
-        elif kind == SEGMENT:
-            pass
 
 
 # --- export ---------------------------------------------------------------------------------
 
 
+class _FileSlice:
+    """Where a frame's codec payload lies in the recording file: the MP4
+    writer reads it when it writes the frame's fragment."""
+
+    __slots__ = ("offset", "length")
+
+    def __init__(self, offset: int, length: int) -> None:
+        self.offset = offset
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
 def export_mp4(path: Path, out: BinaryIO) -> dict[str, Any]:
     """Write the recording at ``path`` as a fragmented MP4 (H.264 + AAC) to
-    ``out`` (blocking). Returns what was written: duration, fragments,
-    samples. Raises ValueError when the recording has no H.264 video or AAC
-    audio that an MP4 can hold."""
+    ``out`` (blocking), fragment by fragment: what is held in memory is each
+    frame's time and place in the file, never the media. Segments follow one
+    another on one timeline (``RecordingIndex.segment_offsets_us``). Returns
+    what was written: duration, fragments, samples. Raises ValueError when
+    the recording has no H.264 video or AAC audio that an MP4 can hold."""
     from shopcast.codecs import FragmentedMp4Writer
 
     index = read_index(path)
@@ -793,12 +887,18 @@ def export_mp4(path: Path, out: BinaryIO) -> dict[str, Any]:
     audio = next((a for a in catalog.audio if a.codec.startswith("mp4a") and a.description), None)
     if video is None and audio is None:
         raise ValueError("the recording has neither H.264 video nor AAC audio")
-    frames: dict[str, list[tuple[int, bool, bytes]]] = {}
+    frames: dict[str, list[tuple[int, bool, _FileSlice]]] = {}
     wanted = {r.track for r in (video, audio) if r is not None}
     new_group: dict[str, bool] = {}
     with open(path, "rb") as f:
         names: dict[int, str] = {}
-        for kind, track, _, _, payload, _, _ in iter_records_untrusted(f):
+        records = iter_records_untrusted(f)
+        # Only what was indexed: a room still recording goes on growing the file.
+        for number in range(len(index.offsets)):
+            record = next(records, None)
+            if record is None:
+                break
+            kind, track, _, _, payload, offset, length = record
             if kind == SEGMENT:
                 names = {}
             elif kind == TRACK:
@@ -815,10 +915,17 @@ def export_mp4(path: Path, out: BinaryIO) -> dict[str, Any]:
                     continue
                 if not body:
                     continue
-                frames.setdefault(name, []).append((timestamp_us, new_group.pop(name, False), bytes(body)))
-    writer = FragmentedMp4Writer(
-        video=None if video is None else (video.description, video.coded_width_px or 0,
-                                          video.coded_height_px or 0),
-        audio=None if audio is None else (audio.description, audio.sample_rate_hz, audio.channel_count))
-    return writer.write(out, frames.get(video.track, []) if video else [],
-                        frames.get(audio.track, []) if audio else [])
+                where = _FileSlice(offset + HEADER.size + length - len(body), len(body))
+                frames.setdefault(name, []).append(
+                    (timestamp_us + index.media_offset_us(number), new_group.pop(name, False), where))
+
+        def read(where: _FileSlice) -> bytes:
+            f.seek(where.offset)
+            return f.read(where.length)
+
+        writer = FragmentedMp4Writer(
+            video=None if video is None else (video.description, video.coded_width_px or 0,
+                                              video.coded_height_px or 0),
+            audio=None if audio is None else (audio.description, audio.sample_rate_hz, audio.channel_count))
+        return writer.write(out, frames.get(video.track, []) if video else [],
+                            frames.get(audio.track, []) if audio else [], read=read)
