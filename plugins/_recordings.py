@@ -21,22 +21,32 @@ __all__ = ["RecordingsPlugin", "may_manage_room"]
 
 
 async def may_manage_room(plugins: Any, claims: Any, room_id: str) -> None:
-    """Allow the room's owner (an account token whose subject owns the room,
-    or a host token minted for this room) and operators; else 401/403."""
+    """Allow the room's owner and operators, nobody else; else 401/403.
+
+    Allowed: an operator or service token for the room; a host token (an
+    account's, or a media token) whose subject is the account that owns the
+    room; a host token minted for ``room_id`` when the rooms plugin knows no
+    such room (a broadcast the platform manages itself). A host token of a
+    team member is refused: the team runs the live, the owner keeps the
+    video and the figures (IWA 41 §5.5)."""
     if claims is None:
         raise HTTPError(401, "missing_token", "an Authorization: Bearer token is required",
                         "authorization")
     if claims.role in ("operator", "service") and claims.allows_room(room_id):
         return
-    if claims.role == "host" and claims.room == room_id:
-        return
-    rooms = plugins.get("rooms")
-    if rooms is not None and claims.role == "host":
-        try:
-            room = await rooms.get(room_id)
-        except HTTPError:
-            room = None
-        if room is not None and room["owner_id"] == claims.subject:
+    if claims.role == "host":
+        rooms = plugins.get("rooms")
+        room = None
+        if rooms is not None:
+            try:
+                room = await rooms.get(room_id)
+            except HTTPError as exc:
+                if exc.status != 404:
+                    raise
+        if room is None:
+            if claims.room == room_id:
+                return
+        elif room["owner_id"] == claims.subject:
             return
     raise HTTPError(403, "not_owner", "only the room's owner and operators may do this",
                     "authorization")
