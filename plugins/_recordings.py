@@ -7,7 +7,7 @@ this plugin only adds the download route and its authorization.
 
 from __future__ import annotations
 
-import io
+import tempfile
 from typing import Any
 
 import trio
@@ -68,10 +68,13 @@ class RecordingsPlugin:
     def __init__(self) -> None:
         self.app: Any = None
         self.plugins: Any = None
+        self.downloads: trio.Semaphore | None = None
+        """MP4 downloads being made (recording.max_concurrent_downloads)."""
 
     @hookimpl
     def shopcast_configure(self, app: Any, plugins: Any) -> None:
         self.app, self.plugins = app, plugins
+        self.downloads = trio.Semaphore(app.config.recording.max_concurrent_downloads)
 
     @hookimpl
     async def shopcast_startup(self, app: Any, nursery: Any) -> None:
@@ -112,19 +115,32 @@ class RecordingsPlugin:
             raise HTTPError(404, "not_recorded", f"room {room_id} has no recording", "room_id")
         limit = self.app.config.recording.max_download_bytes
         if size > limit:
-            # The MP4 is made in memory; a longer live is exported on the machine.
+            # The transport sends a whole body; a longer live is exported on the machine.
             raise HTTPError(413, "recording_too_large",
                             f"the recording is {size} bytes, more than recording.max_download_bytes "
                             f"({limit}); export it with `shopcast export {room_id} FILE.mp4`", "room_id")
+        assert self.downloads is not None
+        try:
+            self.downloads.acquire_nowait()
+        except trio.WouldBlock:
+            raise HTTPError(503, "downloads_busy",
+                            f"{self.downloads.max_value} downloads are being made "
+                            "(recording.max_concurrent_downloads); try again shortly", "room_id",
+                            headers=(("retry-after", "5"),)) from None
 
         def export() -> bytes:
-            out = io.BytesIO()
-            export_mp4(path, out)
-            return out.getvalue()
+            # Written fragment by fragment to a file beside the recordings
+            # (never tmpfs), then read once: the body is the only copy held.
+            with tempfile.TemporaryFile(dir=path.parent, prefix=".export-") as out:
+                export_mp4(path, out)
+                out.seek(0)
+                return out.read()
 
         try:
             data = await trio.to_thread.run_sync(export)
         except ValueError as exc:
             raise HTTPError(404, "not_recorded", f"room {room_id}: {exc}", "room_id") from None
+        finally:
+            self.downloads.release()
         return Response(200, (("content-type", "video/mp4"),
                               ("content-disposition", f'attachment; filename="{room_id}.mp4"')), data)

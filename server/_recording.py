@@ -102,6 +102,8 @@ class RecordingSettings:
     read_threads: int = 4
     """Worker threads replays read files with (their own, so that many
     replays never hold up the database's)."""
+    index_cache_entries: int = 64
+    """Replay indexes kept in memory; past this the cache is emptied."""
 
     @classmethod
     def from_config(cls, rec) -> "RecordingSettings":
@@ -112,7 +114,8 @@ class RecordingSettings:
             max_bytes_per_room=rec.max_bytes_per_room, retention_days=rec.retention_days,
             retention_check_interval_s=rec.retention_check_interval_s, record_demo=rec.record_demo,
             replay_read_ahead_s=rec.replay_read_ahead_ms / 1000, max_replays=rec.max_replays,
-            max_announced=rec.max_announced_replays, read_threads=rec.replay_read_threads)
+            max_announced=rec.max_announced_replays, read_threads=rec.replay_read_threads,
+            index_cache_entries=rec.replay_index_cache_entries)
 
 
 def recording_path(directory: Path, room_id: str) -> Path | None:
@@ -716,6 +719,11 @@ class ReplayService:
         path = self.recorder.path(room_id)
         return path is not None and path.exists() and self.may_replay(room_id)
 
+    @property
+    def indexes_cached(self) -> int:
+        """Recording indexes held in memory (at most ``index_cache_entries``)."""
+        return len(self._indexes)
+
     async def index(self, room_id: str) -> RecordingIndex | None:
         """The index of ``room_id``'s recording (cached while the file is unchanged)."""
         path = self.recorder.path(room_id)
@@ -729,7 +737,7 @@ class ReplayService:
         if cached is not None and cached.size == stat.st_size and cached.mtime_ns == stat.st_mtime_ns:
             return cached
         index = await trio.to_thread.run_sync(read_index, path, limiter=self._readers)
-        if len(self._indexes) > 64:
+        if len(self._indexes) >= self.settings.index_cache_entries:
             self._indexes.clear()
         self._indexes[path] = index
         return index

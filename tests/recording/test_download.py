@@ -154,3 +154,46 @@ async def test_a_recording_too_large_to_download_says_to_export_it(api_server):
     reply = await api.call("GET", "/api/v1/rooms/room9/recording.mp4", token=api.service_token())
     assert reply.status == 413 and reply.error_field == "room_id"
     assert "shopcast export room9" in reply.body["error"]["message"]
+
+
+async def test_the_export_holds_where_frames_are_not_the_media(tmp_path, autojump_clock):
+    import tracemalloc
+
+    from shopcast.server._recording import export_mp4
+
+    from .test_recorder import record_clip
+
+    path, written = await record_clip(tmp_path, loops=15)  # a minute
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        with open(tmp_path / "out.mp4", "wb") as out:
+            summary = export_mp4(path, out)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary["video_samples"] == len(written["video"])
+    # Frame times and places, not frames: a whole-file export held more than the file (1.26x).
+    assert peak < 0.75 * size, (peak, size)
+
+
+async def test_downloads_at_once_are_bounded_and_the_next_is_told_to_retry(api_server):
+    api = await api_server({"recording": {"max_concurrent_downloads": 1}})
+    app = api.app
+    broadcast = app.relay.publish("room9")
+    await play_clip(HangMuxer(broadcast), load_flv_clip(DEMO.read_bytes()), loops=1)
+    broadcast.end()
+    with trio.fail_after(10):
+        while app.recorder.recordings:
+            await app.recorder.flushed.wait()
+    downloads = app.plugins.get("recordings").downloads
+    path = "/api/v1/rooms/room9/recording.mp4"
+    async with downloads:  # the one download allowed is being made
+        busy = await api.call("GET", path, token=api.service_token())
+        assert busy.status == 503 and busy.body["error"]["code"] == "downloads_busy"
+        assert busy.headers["retry-after"] == "5"
+    assert downloads.value == 1
+    reply = await api.call("GET", path, token=api.service_token())
+    assert reply.status == 200 and reply.body[4:8] == b"ftyp"
+    assert downloads.value == 1
+    assert not [p for p in app.recorder.directory.iterdir() if p.name.startswith(".export-")]
