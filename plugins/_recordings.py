@@ -19,6 +19,9 @@ from shopcast.server._routing import HTTPError, Response
 
 __all__ = ["RecordingsPlugin", "may_manage_room"]
 
+SHUTDOWN_REASON = "shutdown"
+"""The rooms plugin's end reason for an operator's emergency shutdown."""
+
 
 async def may_manage_room(plugins: Any, claims: Any, room_id: str) -> None:
     """Allow the room's owner and operators, nobody else; else 401/403.
@@ -78,19 +81,30 @@ class RecordingsPlugin:
 
     @hookimpl
     async def shopcast_startup(self, app: Any, nursery: Any) -> None:
+        # Rooms shut down by an operator are never replayed, after a restart too.
+        withheld = await app.db.read(lambda c: [r[0] for r in c.execute(
+            "SELECT id FROM rooms WHERE end_reason = ?", (SHUTDOWN_REASON,))])
+        for room_id in withheld:
+            app.replays.withhold(room_id)
         # The replays of rooms that ended before this start are announced again.
         recorded = await trio.to_thread.run_sync(app.replays.recorded_names)
         if not recorded:
             return
         marks = ", ".join("?" * len(recorded))
         ended = await app.db.read(lambda c: [r[0] for r in c.execute(
-            f"SELECT id FROM rooms WHERE state IN ('ended', 'replay') AND id IN ({marks})",
+            f"SELECT id FROM rooms WHERE state = 'ended' AND id IN ({marks})",
             tuple(recorded))])
         for room_id in sorted(ended, key=recorded.__getitem__):
             app.replays.announce(room_id, recorded[room_id])
 
     @hookimpl
     def shopcast_room_ended(self, room: dict[str, Any], reason: str) -> None:
+        if reason == SHUTDOWN_REASON:
+            # An emergency shutdown (IWA 41 §6.2 f): what was shown must not
+            # be shown again to the public; the owner and operators can still
+            # download it.
+            self.app.replays.withhold(room["id"])
+            return
         # Announced as a replay from now on (if anything was recorded).
         if self.app.recorder.path(room["id"]) is not None:
             self.app.replays.announce(room["id"])

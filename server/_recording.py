@@ -667,6 +667,10 @@ class ReplayService:
         self._readers = trio.CapacityLimiter(settings.read_threads)
         self.available: dict[str, float] = {}
         """Rooms with a recording, and when it was last written (Unix s)."""
+        self.withheld: set[str] = set()
+        """Rooms whose recording is never replayed (an operator's emergency
+        shutdown): not announced, not played; their owner and operators can
+        still download it."""
         self.listeners: list[Callable[[str, bool], None]] = []
         """Called with (name, True) when a replay is announced: moq-lite
         sessions announce it, so players that wait for an announcement
@@ -678,7 +682,7 @@ class ReplayService:
         """The room ``room_id`` has ended: announce its replay, if it has a
         recording and may be replayed now."""
         path = self.recorder.path(room_id)
-        if (path is None or not path.exists() or not self.may_replay(room_id)
+        if (path is None or not path.exists() or not self._may_replay(room_id)
                 or self.settings.max_announced == 0):
             return
         self.available[room_id] = time.time() if written_s is None else written_s
@@ -690,7 +694,17 @@ class ReplayService:
     def announced_names(self) -> list[str]:
         """The replays to announce to a new session: the newest recordings
         that may be replayed now, at most ``max_announced``."""
-        return [name for name in self.available if self.may_replay(name)]
+        return [name for name in self.available if self._may_replay(name)]
+
+    def withhold(self, room_id: str) -> None:
+        """Never replay ``room_id`` (see ``withheld``); its announcement is taken back."""
+        self.withheld.add(room_id)
+        if self.available.pop(room_id, None) is not None:
+            for listener in list(self.listeners):
+                listener(room_id, False)
+
+    def _may_replay(self, room_id: str) -> bool:
+        return room_id not in self.withheld and self.may_replay(room_id)
 
     def recorded_names(self) -> dict[str, float]:
         """Every recording in the directory and when it was last written
@@ -717,7 +731,7 @@ class ReplayService:
         """Whether ``room_id`` has a recording and may be replayed now (for
         Buy Now from the replay; blocking only for a stat)."""
         path = self.recorder.path(room_id)
-        return path is not None and path.exists() and self.may_replay(room_id)
+        return path is not None and path.exists() and self._may_replay(room_id)
 
     @property
     def indexes_cached(self) -> int:
@@ -757,7 +771,7 @@ class ReplayService:
         path = self.recorder.path(room_id)
         index = self._indexes.get(path) if path is not None else None
         if (index is None or not index.offsets or self._nursery is None
-                or len(self._playing) >= self.settings.max_replays or not self.may_replay(room_id)):
+                or len(self._playing) >= self.settings.max_replays or not self._may_replay(room_id)):
             return None
         broadcast = Broadcast(self._relay, name, owner="replay")
         broadcast.replay_of = room_id  # type: ignore[attr-defined]
@@ -775,7 +789,7 @@ class ReplayService:
             room_id, _ = replay_name_untrusted(name)
         except ValueError:
             return False
-        if not self.may_replay(room_id):
+        if not self._may_replay(room_id):
             return False
         index = await self.index(room_id)
         return index is not None and bool(index.offsets)

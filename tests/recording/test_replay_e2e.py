@@ -238,3 +238,50 @@ async def test_a_room_whose_recording_field_is_false_is_not_recorded(api_server,
     recorded = {b.name for b in app.recorder.recordings}
     assert kept.body["room"]["id"] in recorded
     assert unrecorded.body["room"]["id"] not in recorded
+
+
+async def test_a_room_shut_down_by_an_operator_is_never_replayed_but_its_owner_downloads_it(
+        api_server, clock, rooms_api, tmp_path):
+    data = str(tmp_path / "shutdown")
+    api = await api_server({"server": {"data_dir": data}})
+    app = api.app
+    rooms = app.plugins.get("rooms")
+    rooms.clock = clock
+    host = await api.user("hana", "host", display_name="Hana")
+    operator = await api.operator()
+    body = rooms_api.room_body(scheduled_start=rooms_api.iso(clock.now + 3600))
+    room_id = (await api.call("POST", "/api/v1/rooms", body, token=host)).body["room"]["id"]
+    clock.now = rooms._cache[room_id]["scheduled_start"] + 1
+    broadcast = app.relay.publish(room_id)
+    with trio.fail_after(10):
+        await rooms.wait_for_state(room_id, "live")
+    await play_clip(HangMuxer(broadcast), load_flv_clip(DEMO.read_bytes()), loops=1)
+    shut = await api.call("POST", f"/api/v1/rooms/{room_id}/shutdown", {"reason": "unsafe content"},
+                          token=operator)
+    assert shut.status == 200 and shut.body["state"] == "ended", shut.body
+    with trio.fail_after(10):
+        while app.recorder.recordings:
+            await app.recorder.flushed.wait()
+    assert app.recorder.path(room_id).stat().st_size > 100_000  # it was recorded
+
+    async def refused_to_the_public(server_app, port: int) -> None:
+        assert room_id not in server_app.replays.announced_names()
+        assert not server_app.replays.has_replay(room_id)
+        viewer_token = server_app.tokens.mint(subject="guest:abcdefghijklmnop", role="viewer",
+                                              room=room_id, ttl_s=600, now=time.time())
+        async with connect(f"https://127.0.0.1:{port}/moq", token=viewer_token,
+                           certificate_sha256=server_app.certificate.sha256_hex) as viewer:
+            for name in (room_id, f"{room_id}/replay@2000000"):
+                upstream = await viewer.subscribe(name, "video")
+                with trio.fail_after(10):
+                    await upstream.ended.wait()
+                assert upstream.end_code not in (None, 0), name
+                assert upstream.frames.statistics().current_buffer_used == 0, name
+        assert server_app.replays.replays_started == 0
+
+    await refused_to_the_public(app, api.port)
+    download = await api.call("GET", f"/api/v1/rooms/{room_id}/recording.mp4", token=host)
+    assert download.status == 200 and download.body[4:8] == b"ftyp"
+    # After a restart too.
+    again = await api_server({"server": {"data_dir": data}})
+    await refused_to_the_public(again.app, again.port)
