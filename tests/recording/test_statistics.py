@@ -133,7 +133,7 @@ async def test_a_scripted_session_gives_the_statistics_computed_by_hand(api_serv
         "revenue": {"gmv_minor": 3500, "paid_orders": 2}}
     assert report["replay"] == {
         "unique_viewers": 2, "sessions": 2, "views": 1, "average_watch_time_s": 5.5,
-        "impressions": 0, "clicks": 1, "ctr": None, "orders": 1, "paid_orders": 1,
+        "arrivals": 0, "shares": 0, "impressions": 0, "clicks": 1, "ctr": None, "orders": 1, "paid_orders": 1,
         "click_to_order": 1.0, "gmv_minor": 700, "currency": "EUR", "buyers": 1,
         "conversion_rate": 0.5, "refunded_orders": 0, "returned_orders": 0,
         "refund_rate": 0.0, "return_rate": 0.0}
@@ -199,3 +199,61 @@ async def test_only_the_owner_and_operators_read_statistics_and_events_are_check
     report = (await api.call("GET", path, token=host)).body
     assert report["live"]["clicks"] == 4
     await _end(api, room_id, broadcast)
+
+
+async def test_held_chat_counts_once_approved_and_replay_page_events_count_apart(api_server, clock,
+                                                                                rooms_api):
+    api = await api_server({"rooms": {"push_lost_end_after_s": 0.0}})
+    app = api.app
+    stats, rooms = app.plugins.get("statistics"), app.plugins.get("rooms")
+    rooms.clock = stats.clock = clock
+    host = await api.user("hana", "host", display_name="Hana")
+    room_id, broadcast = await _live_room(api, rooms_api, clock, host)
+    chat = app.interaction.room(room_id)
+    moderator = Author("hana", "Hana", Role.HOST, registered=True)
+    chat.set_mode(moderator, now_s=trio.current_time(), hold_for_review=True)
+    chat.set_blocklist(moderator, ["spam"], now_s=trio.current_time())  # flagged: held for review
+
+    def say(who: str, text: str) -> dict:
+        return chat.handle(Author(who, who, Role.VIEWER, registered=True), {"type": "message", "text": text},
+                           now_s=trio.current_time(), media_timestamp_us=0)
+
+    for who in ("A", "B", "C"):
+        assert say(who, f"spam? question from {who}")["type"] == "held"
+    await stats.poll_chat()  # all three held: none shown yet
+    first, second, _ = [m.id for m in chat.held()]
+    chat.approve(moderator, first, now_s=trio.current_time())
+    chat.reject(moderator, second, now_s=trio.current_time())
+    await stats.poll_chat()
+    chat.set_mode(moderator, now_s=trio.current_time(), hold_for_review=False)
+    assert say("D", "shown at once")["type"] == "ok"
+    events = f"/api/v1/rooms/{room_id}/events"
+
+    async def event(**body) -> None:
+        reply = await api.call("POST", events, body)
+        assert reply.status == 204, reply.body
+
+    clock.now += 5
+    await event(type="arrival", source="share", viewer="guestguestguest01")
+    await event(type="impression", pin_id="p1", viewer="guestguestguest01")
+    await event(type="click", pin_id="p1", viewer="guestguestguest01")
+    await event(type="share", viewer="guestguestguest01")
+    # A replay page's events (the web pages flag them), even while the live is on...
+    await event(type="impression", pin_id="p1", viewer="guestguestguest02", replay=True)
+    clock.now += 5
+    await _end(api, room_id, broadcast)
+    clock.now += 5
+    # ... and any event once it has ended, flagged or not.
+    await event(type="arrival", source="share", viewer="guestguestguest03", replay=True)
+    await event(type="impression", pin_id="p1", viewer="guestguestguest03", replay=True)
+    await event(type="click", pin_id="p1", viewer="guestguestguest03")
+    await event(type="share", viewer="guestguestguest03", replay=True)
+    report = (await api.call("GET", f"/api/v1/rooms/{room_id}/statistics", token=host)).body
+    # One approved, one shown at once; the rejected and the still-held never.
+    assert report["live"]["chat_messages"] == 2 and report["live"]["chatters"] == 2
+    assert (report["live"]["impressions"], report["live"]["clicks"], report["live"]["ctr"]) == (1, 1, 1.0)
+    assert report["funnel"]["acquisition"]["arrivals"] == 1
+    assert report["funnel"]["referral"]["shares"] == 1
+    replay = report["replay"]
+    assert (replay["impressions"], replay["clicks"], replay["ctr"]) == (2, 1, 0.5)
+    assert (replay["arrivals"], replay["shares"]) == (1, 1)
