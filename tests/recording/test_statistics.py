@@ -257,3 +257,90 @@ async def test_held_chat_counts_once_approved_and_replay_page_events_count_apart
     replay = report["replay"]
     assert (replay["impressions"], replay["clicks"], replay["ctr"]) == (2, 1, 0.5)
     assert (replay["arrivals"], replay["shares"]) == (1, 1)
+
+
+async def test_real_viewer_sessions_live_and_replay_make_the_statistics(api_server, clock, rooms_api):
+    """Viewers are moq-lite sessions of shopcast.client with viewer tokens of
+    distinct subjects (two guests' browsers and an account); after the live
+    one guest watches the replay. Their joins and leaves come from the relay,
+    flagged replay by the server, not from the test."""
+    import time
+
+    from shopcast.client import connect
+    from shopcast.server.moq import encode_frame
+
+    api = await api_server({"rooms": {"push_lost_end_after_s": 0.0}})
+    app = api.app
+    stats, rooms = app.plugins.get("statistics"), app.plugins.get("rooms")
+    rooms.clock = stats.clock = clock
+    host = await api.user("hana", "host", display_name="Hana")
+    await api.user("vera", "audience", display_name="Vera")
+    vera = (await api.app.db.read(lambda c: c.execute(
+        "SELECT id FROM accounts WHERE name = 'vera'").fetchone()))[0]
+    room_id, broadcast = await _live_room(api, rooms_api, clock, host)
+    video = broadcast.track("video")
+    video.write_frame(encode_frame(0, b"\x00\x00\x00\x01\x65"), keyframe=True)
+    url = f"https://127.0.0.1:{api.port}/moq"
+    sha = app.certificate.sha256_hex
+    guests = ["guest:" + "a" * 20, "guest:" + "b" * 20]
+
+    def token(subject: str) -> str:
+        return app.tokens.mint(subject=subject, role="viewer", room=room_id, ttl_s=600, now=time.time())
+
+    async def stored(kind: str, count: int) -> None:
+        def rows(c):
+            found = c.execute("SELECT subject, replay FROM stat_events WHERE room_id = ? AND kind = ?",
+                              (room_id, kind)).fetchall()
+            return [tuple(row) for row in found]
+        with trio.fail_after(10):
+            while True:
+                changed = stats.stored  # taken before reading: a store during the read sets it
+                found = await app.db.read(rows)
+                if len(found) >= count:
+                    return found
+                await changed.wait()
+
+    t0 = clock.now
+    async with connect(url, token=token(guests[0]), certificate_sha256=sha) as guest, \
+            connect(url, token=token(vera), certificate_sha256=sha) as account:
+        for viewer in (guest, account):
+            upstream = await viewer.subscribe(room_id, "video")
+            with trio.fail_after(10):
+                await upstream.accepted.wait()
+        joins = await stored("join", 2)
+        assert sorted(joins) == sorted([(guests[0], 0), (f"account:{vera}", 0)])
+        # The guest's page counts an impression with the same viewer token.
+        reply = await api.call("POST", f"/api/v1/rooms/{room_id}/events",
+                               {"type": "impression", "pin_id": "p1"}, token=token(guests[0]))
+        assert reply.status == 204, reply.body
+        clock.now = t0 + 20
+    await stored("leave", 2)
+    for order_id, buyer in (("o1", vera), ("o2", "someone-who-never-watched")):
+        view = {"id": order_id, "room_id": room_id, "buyer_id": buyer, "total": 900, "currency": "EUR"}
+        await app.plugins.notify("shopcast_order_placed", order=view)
+        await app.plugins.notify("shopcast_order_paid", order=view)
+    clock.now = t0 + 30
+    await _end(api, room_id, broadcast)
+    with trio.fail_after(10):
+        while app.recorder.recordings:
+            await app.recorder.flushed.wait()
+    clock.now = t0 + 40
+    async with connect(url, token=token(guests[1]), certificate_sha256=sha) as replayer:
+        await replayer.subscribe(room_id, "video")
+        joins = await stored("join", 3)
+        assert (guests[1], 1) in joins  # the server flagged it: replay=True reached the statistics
+        reply = await api.call("POST", f"/api/v1/rooms/{room_id}/events",
+                               {"type": "impression", "pin_id": "p1", "replay": True},
+                               token=token(guests[1]))
+        assert reply.status == 204, reply.body
+        clock.now = t0 + 50
+    await stored("leave", 3)
+    assert app.replays.replays_started == 1
+    report = (await api.call("GET", f"/api/v1/rooms/{room_id}/statistics", token=host)).body
+    live, replay = report["live"], report["replay"]
+    assert (live["unique_viewers"], live["sessions"], live["peak_concurrent"]) == (2, 2, 2)
+    assert live["average_watch_time_s"] == 20.0
+    assert (live["impressions"], replay["impressions"]) == (1, 1)
+    # Two paying buyers, one of whom watched: conversion 1 of 2 viewers.
+    assert (live["buyers"], live["conversion_rate"]) == (2, 0.5)
+    assert (replay["unique_viewers"], replay["sessions"], replay["average_watch_time_s"]) == (1, 1, 10.0)
