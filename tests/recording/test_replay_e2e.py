@@ -121,8 +121,25 @@ async def test_replay_is_the_live_byte_for_byte_with_chat_and_pins_on_time(serve
     pins = [f for f in got["commerce"]]
     assert len(pins) == 1 and decode_frame_untrusted(pins[0].payload)[0] == sent["pin_us"]
     assert abs(_video_time_at(got["video"], pins[0].arrival_s) - sent["pin_us"]) <= 200_000
-    # Counted as a replay viewer of the room, not a live one.
+    # Counted as a replay viewer of the room, not a live one: the relay's
+    # hooks reached the statistics with replay=True (the join, and the leave
+    # when the session closed).
     assert app.replays.replays_started == 1
+    stats = app.plugins.get("statistics")
+
+    def viewer_rows(c):
+        return [tuple(r) for r in c.execute(
+            "SELECT kind, subject, replay FROM stat_events WHERE room_id = ? AND kind IN ('join', 'leave') "
+            "ORDER BY id", (ROOM,))]
+
+    with trio.fail_after(10):
+        while True:
+            changed = stats.stored  # taken before reading: a store during the read sets it
+            rows = await app.db.read(viewer_rows)
+            if len(rows) >= 2:
+                break
+            await changed.wait()
+    assert rows == [("join", "address:127.0.0.1", 1), ("leave", "address:127.0.0.1", 1)]
 
 
 async def test_seeking_starts_at_the_group_before_with_the_pin_already_shown(server_factory):
