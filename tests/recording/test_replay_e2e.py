@@ -211,6 +211,14 @@ async def test_viewers_are_told_when_an_ended_rooms_replay_is_there(api_server, 
                 changed = trio.Event()
         assert heard == [(room_id, True), (room_id, False), (room_id, True)]
         assert app.replays.announced_names() == [room_id]
+    # The room stays "ended", the last state: that it can be watched again
+    # is the replay service's answer, not a state that retention or a
+    # shutdown would leave stale; no state is declared that is never set.
+    room = (await api.call("GET", f"/api/v1/rooms/{room_id}")).body
+    assert room["state"] == "ended" and app.replays.has_replay(room_id)
+    doc = (await api.call("GET", "/api/v1/openapi.json")).body
+    states = doc["components"]["schemas"]["Room"]["properties"]["state"]["enum"]
+    assert states == ["scheduled", "rehearsal", "live", "ended"]
     # A broadcast that is no room is not announced once over (a platform's
     # own name): subscribing to it still replays it.
     other = app.relay.publish("room5")
