@@ -913,33 +913,29 @@ def export_mp4(path: Path, out: BinaryIO) -> dict[str, Any]:
     wanted = {r.track for r in (video, audio) if r is not None}
     new_group: dict[str, bool] = {}
     with open(path, "rb") as f:
-        names: dict[int, str] = {}
-        records = iter_records_untrusted(f)
-        # Only what was indexed: a room still recording goes on growing the file.
-        for number in range(len(index.offsets)):
-            record = next(records, None)
-            if record is None:
-                break
-            kind, track, _, _, payload, offset, length = record
-            if kind == SEGMENT:
-                names = {}
-            elif kind == TRACK:
-                names[track] = payload.decode("utf-8", "replace")
-            elif kind == GROUP:
-                new_group[names.get(track, "")] = True
-            elif kind == FRAME:
-                name = names.get(track, "")
-                if name not in wanted:
-                    continue
-                try:
-                    timestamp_us, body = decode_frame_untrusted(payload)
-                except ProtocolViolation:  # a frame we cannot read is left out
-                    continue
-                if not body:
-                    continue
-                where = _FileSlice(offset + HEADER.size + length - len(body), len(body))
-                frames.setdefault(name, []).append(
-                    (timestamp_us + index.media_offset_us(number), new_group.pop(name, False), where))
+        # The index has checked every record: only each frame's header and
+        # timestamp are read here, the media when its fragment is written.
+        for number, (kind, name) in enumerate(zip(index.kinds, index.tracks)):
+            if name not in wanted:
+                continue
+            if kind == GROUP:
+                new_group[name] = True
+                continue
+            if kind != FRAME:
+                continue
+            f.seek(index.offsets[number])
+            head = f.read(HEADER.size + 8)
+            length = HEADER.unpack_from(head)[5]
+            try:
+                timestamp_us, rest = decode_frame_untrusted(head[HEADER.size:HEADER.size + length])
+            except ProtocolViolation:  # a frame we cannot read is left out
+                continue
+            stamp = min(length, 8) - len(rest)
+            if length - stamp <= 0:
+                continue
+            where = _FileSlice(index.offsets[number] + HEADER.size + stamp, length - stamp)
+            frames.setdefault(name, []).append(
+                (timestamp_us + index.media_offset_us(number), new_group.pop(name, False), where))
 
         def read(where: _FileSlice) -> bytes:
             f.seek(where.offset)
