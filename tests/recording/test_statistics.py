@@ -344,3 +344,43 @@ async def test_real_viewer_sessions_live_and_replay_make_the_statistics(api_serv
     # Two paying buyers, one of whom watched: conversion 1 of 2 viewers.
     assert (live["buyers"], live["conversion_rate"]) == (2, 0.5)
     assert (replay["unique_viewers"], replay["sessions"], replay["average_watch_time_s"]) == (1, 1, 10.0)
+
+
+def _events():
+    from hypothesis import strategies as st
+
+    from shopcast.plugins._statistics import EventRow
+
+    subjects = st.sampled_from(["guest:g1", "account:guest:g1", "account:a1", "account:a2", "viewer:g2",
+                                "guest:g2", "account:a3", ""])
+    kinds = st.sampled_from(["join", "leave", "impression", "click", "share", "arrival", "chat",
+                             "order_placed", "order_paid", "order_refunded"])
+    return st.lists(st.builds(EventRow, at=st.floats(0, 400), kind=kinds, subject=subjects,
+                              replay=st.booleans(), order_id=st.sampled_from(["o1", "o2", "o3"]),
+                              amount_minor=st.integers(0, 10_000)), max_size=60)
+
+
+def test_the_figures_stay_within_their_bounds_whatever_the_events():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from shopcast.plugins._statistics import compute_statistics
+
+    @settings(max_examples=300, deadline=None)
+    @given(_events(), st.sets(st.sampled_from(["guest:g1", "account:a1", "viewer:g2", "account:a9"])))
+    def check(events, returning):
+        report = compute_statistics(events, started_at=100.0, ended_at=300.0, now=400.0, view_min_s=3.0,
+                                    activation_s=10.0, bucket_s=60, max_buckets=100, returning=returning)
+        for section in ("live", "replay"):
+            figures = report[section]
+            assert figures["conversion_rate"] is None or 0 <= figures["conversion_rate"] <= 1
+            assert figures["views"] <= figures["sessions"]
+            assert figures["unique_viewers"] <= figures["sessions"]
+        live, funnel = report["live"], report["funnel"]
+        assert live["average_watch_time_s"] <= report["live_length_s"]
+        assert funnel["retention"]["returning_viewers"] <= live["unique_viewers"]
+        assert funnel["activation"]["viewers_past_activation"] <= live["unique_viewers"]
+        for stage in ("retention", "activation"):
+            assert funnel[stage]["rate"] is None or 0 <= funnel[stage]["rate"] <= 1
+
+    check()
