@@ -293,7 +293,7 @@ def read_index(path: Path) -> RecordingIndex:
         index.seek_points = [i for i, (k, t) in enumerate(zip(index.kinds, index.tracks))
                              if k == GROUP and t == index.video_track]
         index.first_media_us = first_us.get(index.video_track)
-        index.segment_offsets_us = segment_offsets_us(
+        index.segment_offsets_us = _segment_offsets_us(
             [{t: s for t, s in segment.items() if t in index.media} for segment in spans])
     return index
 
@@ -318,7 +318,7 @@ class _Span:
         self.last_us = max(self.last_us, timestamp_us)
 
 
-def segment_offsets_us(segments: list[dict[str, _Span]]) -> list[int]:
+def _segment_offsets_us(segments: list[dict[str, _Span]]) -> list[int]:
     """Each segment's media offset: its earliest media timestamp moved to
     just after the end of the previous segment's media (last timestamp plus
     one frame, on the track that ends last). One offset for all of a
