@@ -911,12 +911,21 @@ def export_mp4(path: Path, out: BinaryIO) -> dict[str, Any]:
         raise ValueError("the recording has neither H.264 video nor AAC audio")
     frames: dict[str, list[tuple[int, bool, _FileSlice]]] = {}
     wanted = {r.track for r in (video, audio) if r is not None}
+    # One sample entry per track: a segment whose encoder had another
+    # configuration (a new resolution after a reconnect) cannot be decoded
+    # with it, so that track's frames of that segment are left out.
+    configs = _segment_configs(index, {r.track: r.description for r in (video, audio) if r is not None})
+    left_out: set[tuple[str, int]] = set()
     new_group: dict[str, bool] = {}
     with open(path, "rb") as f:
         # The index has checked every record: only each frame's header and
         # timestamp are read here, the media when its fragment is written.
         for number, (kind, name) in enumerate(zip(index.kinds, index.tracks)):
             if name not in wanted:
+                continue
+            segment = max(0, bisect.bisect_right(index.segment_starts, number) - 1)
+            if not configs.get((name, segment), True):
+                left_out.add((name, segment))
                 continue
             if kind == GROUP:
                 new_group[name] = True
@@ -945,5 +954,30 @@ def export_mp4(path: Path, out: BinaryIO) -> dict[str, Any]:
             video=None if video is None else (video.description, video.coded_width_px or 0,
                                               video.coded_height_px or 0),
             audio=None if audio is None else (audio.description, audio.sample_rate_hz, audio.channel_count))
-        return writer.write(out, frames.get(video.track, []) if video else [],
-                            frames.get(audio.track, []) if audio else [], read=read)
+        summary = writer.write(out, frames.get(video.track, []) if video else [],
+                               frames.get(audio.track, []) if audio else [], read=read)
+    summary["segments"] = max(1, len(index.segment_starts))
+    summary["segments_left_out"] = len({segment for _, segment in left_out})
+    return summary
+
+
+def _segment_configs(index: RecordingIndex, chosen: dict[str, bytes | None]) -> dict[tuple[str, int], bool]:
+    """(track, segment) -> whether the segment's catalog describes the track
+    as ``chosen`` does; a segment without a catalog keeps the previous one's."""
+    described: dict[str, bytes | None] = {}
+    by_segment: dict[int, dict[str, bytes | None]] = {}
+    catalogs = iter(index.catalogs)
+    pending = next(catalogs, None)
+    for segment in range(max(1, len(index.segment_starts))):
+        end = index.segment_starts[segment + 1] if segment + 1 < len(index.segment_starts) else len(index.offsets)
+        while pending is not None and pending[0] < end:
+            try:
+                catalog = decode_catalog_untrusted(pending[1], max_size_bytes=len(pending[1]))
+            except ProtocolViolation:  # an unreadable catalog changes nothing
+                pass
+            else:
+                described = {r.track: r.description for r in (*catalog.video, *catalog.audio)}
+            pending = next(catalogs, None)
+        by_segment[segment] = dict(described)
+    return {(track, segment): by_segment[segment].get(track) == description
+            for segment in by_segment for track, description in chosen.items()}

@@ -92,3 +92,37 @@ async def test_the_replay_of_two_segments_sends_rising_media_timestamps(server_f
         # Both segments, back to back: about two clips' worth of media time.
         assert 2 * clip.duration_ms * 1000 - 100_000 <= times[-1] - times[0] <= 2 * clip.duration_ms * 1000
     assert len(received["video"]) == 240
+
+
+async def test_a_segment_whose_encoder_changed_configuration_is_left_out(tmp_path, ffprobe, ffmpeg,
+                                                                         autojump_clock):
+    from shopcast.server._recording import Recorder, RecordingSettings
+    from shopcast.server._relay import Relay
+
+    other = tmp_path / "other.flv"  # another resolution and audio rate than the demo clip
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=22050", "-t", "3",
+                    "-c:v", "libx264", "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "flv",
+                    str(other)], check=True)
+    relay = Relay()
+    recorder = Recorder(relay, tmp_path, RecordingSettings())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(recorder.run)
+        for source in (other, DEMO):
+            broadcast = relay.publish("room6")
+            await play_clip(HangMuxer(broadcast), load_flv_clip(source.read_bytes()), loops=1)
+            broadcast.end()
+            while recorder.recordings:
+                await recorder.flushed.wait()
+        nursery.cancel_scope.cancel()
+    out = tmp_path / "changed.mp4"
+    with open(out, "wb") as f:
+        summary = export_mp4(recorder.path("room6"), f)
+    assert (summary["segments"], summary["segments_left_out"]) == (2, 1)
+    assert summary["video_samples"] == 120  # the demo clip's, with its own configuration
+    decoded = subprocess.run([ffmpeg, "-v", "error", "-i", str(out), "-f", "null", "-"],
+                             capture_output=True, text=True)
+    assert decoded.returncode == 0 and decoded.stderr == "", decoded.stderr
+    durations = _stream_durations(ffprobe, out)
+    clip_s = load_flv_clip(DEMO.read_bytes()).duration_ms / 1000
+    assert abs(durations["video"] - clip_s) <= 1.0 and abs(durations["audio"] - clip_s) <= 1.0, durations
