@@ -18,7 +18,8 @@ reordering so that every composition offset is positive.
 from __future__ import annotations
 
 import struct
-from typing import Any, BinaryIO, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO
 
 from shopcast.codecs._errors import MalformedMedia
 from shopcast.codecs._h264 import parse_avcc_record_untrusted, parse_sps_untrusted

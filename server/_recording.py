@@ -879,7 +879,7 @@ class _FileSlice:
     """Where a frame's codec payload lies in the recording file: the MP4
     writer reads it when it writes the frame's fragment."""
 
-    __slots__ = ("offset", "length")
+    __slots__ = ("length", "offset")
 
     def __init__(self, offset: int, length: int) -> None:
         self.offset = offset
