@@ -6,6 +6,10 @@ ffprobe and browsers (Media Source Extensions, ``<video src>``) read.
 Input frames are (presentation time in µs, starts a group, payload): video
 payloads are length-prefixed NAL units as the ``avcC`` record describes them
 (what FLV, hang and WebCodecs carry), audio payloads raw AAC access units.
+A payload is bytes, or any reference with a ``len()`` that the ``read``
+function given to ``write`` turns into its bytes when its fragment is
+written: a long recording is written fragment by fragment without its
+media in memory.
 Decode times are rebuilt from presentation times: within the stream, the
 sorted presentation times are the decode times, shifted by the largest
 reordering so that every composition offset is positive.
@@ -14,7 +18,8 @@ reordering so that every composition offset is positive.
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO
 
 from shopcast.codecs._errors import MalformedMedia
 from shopcast.codecs._h264 import parse_avcc_record_untrusted, parse_sps_untrusted
@@ -61,9 +66,13 @@ class FragmentedMp4Writer:
         self.video = video
         self.audio = audio
 
-    def write(self, out: BinaryIO, video_frames: Sequence[tuple[int, bool, bytes]],
-              audio_frames: Sequence[tuple[int, bool, bytes]]) -> dict[str, float | int]:
-        """Write the file; returns its duration (s), fragments and sample counts."""
+    def write(self, out: BinaryIO, video_frames: Sequence[tuple[int, bool, Any]],
+              audio_frames: Sequence[tuple[int, bool, Any]], *,
+              read: Callable[[Any], bytes] = bytes) -> dict[str, float | int]:
+        """Write the file to ``out`` fragment by fragment, each as soon as it
+        is made; ``read(payload)`` gives a frame's bytes (default: the
+        payloads are bytes). Returns its duration (s), fragments and sample
+        counts."""
         video = self._video_samples(video_frames) if self.video is not None else []
         audio_rate = self.audio[1] if self.audio is not None else 0
         # Time zero of the file: the first decode time of either track.
@@ -101,7 +110,7 @@ class FragmentedMp4Writer:
         out.write(self._moov(duration_s, video_total, audio_total))
         durations = iter(video_duration)
         for sequence, (group, chunk) in enumerate(fragments, start=1):
-            out.write(self._fragment(sequence, group, [next(durations) for _ in group], chunk))
+            self._write_fragment(out, read, sequence, group, [next(durations) for _ in group], chunk)
         return {"duration_s": duration_s, "fragments": len(fragments),
                 "video_samples": len(video_ticks), "audio_samples": len(audio)}
 
@@ -194,24 +203,33 @@ class FragmentedMp4Writer:
                     self._mdia(rate, media_duration, b"soun", b"SoundHandler",
                                _full(b"smhd", 0, 0, bytes(4)), entry))
 
-    def _fragment(self, sequence: int, video: list, durations: list[int], audio: list) -> bytes:
-        trafs: list[tuple[int, int, list[tuple[int, int, int, int]], bytes]] = []
+    def _write_fragment(self, out: BinaryIO, read: Callable[[Any], bytes], sequence: int, video: list,
+                        durations: list[int], audio: list) -> None:
+        """One ``moof`` and its ``mdat``, the payloads read and written one at a time."""
+        trafs: list[tuple[int, int, list[tuple[int, int, int, int]], list]] = []
         if video:
             samples = [(d, len(p), SAMPLE_SYNC if key else SAMPLE_NON_SYNC, cts)
                        for (_, cts, key, p), d in zip(video, durations)]
-            trafs.append((VIDEO_ID, video[0][0], samples, b"".join(p for _, _, _, p in video)))
+            trafs.append((VIDEO_ID, video[0][0], samples, [p for _, _, _, p in video]))
         if audio:
             samples = [(AAC_FRAME_SAMPLES, len(p), SAMPLE_SYNC, 0) for _, p in audio]
-            trafs.append((AUDIO_ID, audio[0][0], samples, b"".join(p for _, p in audio)))
+            trafs.append((AUDIO_ID, audio[0][0], samples, [p for _, p in audio]))
+        sizes = [sum(s[1] for s in traf[2]) for traf in trafs]
         # The moof's size does not depend on the data offsets, so build it
         # once with zeros to learn it, then with the real offsets.
         moof = self._moof(sequence, trafs, [0] * len(trafs))
         offsets, position = [], len(moof) + 8
-        for traf in trafs:
+        for size in sizes:
             offsets.append(position)
-            position += len(traf[3])
-        moof = self._moof(sequence, trafs, offsets)
-        return moof + _box(b"mdat", *(traf[3] for traf in trafs))
+            position += size
+        out.write(self._moof(sequence, trafs, offsets))
+        out.write(struct.pack(">I4s", 8 + sum(sizes), b"mdat"))
+        for traf in trafs:
+            for payload in traf[3]:
+                data = read(payload)
+                if len(data) != len(payload):
+                    raise ValueError("a frame's payload changed size while it was written")
+                out.write(data)
 
     @staticmethod
     def _moof(sequence: int, trafs: list, offsets: list[int]) -> bytes:

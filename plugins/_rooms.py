@@ -13,8 +13,11 @@ States and what moves a room between them (anything else changes nothing):
     scheduled --duration + grace past, no push--> ended ("no_show")
     any but ended --operator shutdown------------> ended ("shutdown")
 
-"replay" comes with recording. Times are Unix seconds from ``self.clock``
-(``time.time``), which tests replace.
+"ended" is the last state: whether an ended room can be watched again is
+not a state but the replay service's answer (``app.replays.has_replay``),
+which changes on its own (retention deletes recordings, an emergency
+shutdown withholds one, a room may not be recorded at all). Times are Unix
+seconds from ``self.clock`` (``time.time``), which tests replace.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ log = get_logger("rooms")
 # WebTransport close code of sessions ended by an emergency shutdown (moq-lite's "app" range).
 SHUTDOWN_CLOSE_CODE = 64 + 1
 
-ROOM_STATES = ("scheduled", "rehearsal", "live", "ended", "replay")
+ROOM_STATES = ("scheduled", "rehearsal", "live", "ended")
 ORIENTATIONS = ("landscape", "portrait")
 USERS = ("viewer", "host", "operator")
 EVERYONE = (ANONYMOUS, "viewer", "host", "operator", "service")
@@ -719,7 +722,7 @@ class RoomsPlugin:
     async def media_token(self, request, claims, body, query, room_id: str) -> Response:
         room = await self.get(room_id)
         account = await self.plugins.get("accounts").require_account(claims)
-        if room["state"] in ("ended", "replay"):
+        if room["state"] == "ended":
             raise HTTPError(409, "room_ended", "the room has ended", "room_id")
         team = await self._is_team(room, account["id"]) or claims.role == "operator"
         if body.get("publish") and not await self._is_team(room, account["id"]):
@@ -741,14 +744,14 @@ class RoomsPlugin:
         room = await self.get(room_id)
         if claims.role != "operator":
             await self._team_member(room, claims)
-        if room["state"] in ("ended", "replay"):
+        if room["state"] == "ended":
             raise HTTPError(409, "room_ended", "the room has already ended", "room_id")
         await self._end(room_id, "host_ended")
         return Response.json(await self.view(await self.get(room_id)))
 
     async def shutdown(self, request, claims, body, query, room_id: str) -> Response:
         room = await self.get(room_id)
-        if room["state"] in ("ended", "replay"):
+        if room["state"] == "ended":
             raise HTTPError(409, "room_ended", "the room has already ended", "room_id")
         reason = body["reason"]
 
@@ -913,7 +916,7 @@ class RoomsPlugin:
     async def _update(self, room_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         room = await self.db.write(lambda c: (RoomStore.update(c, room_id, changes),
                                               RoomStore.get(c, room_id))[1])
-        if room["state"] in ("ended", "replay"):
+        if room["state"] == "ended":
             self._cache.pop(room_id, None)
         else:
             self._cache[room_id] = room
@@ -945,7 +948,7 @@ class RoomsPlugin:
 
     async def _end_locked(self, room_id: str, reason: str, **extra: Any) -> None:
         room = self._cache.get(room_id) or await self.get(room_id)
-        if room["state"] in ("ended", "replay"):
+        if room["state"] == "ended":
             return
         await self._update(room_id, {"state": "ended", "ended_at": self.clock(), "end_reason": reason,
                                      "push_lost_at": None, **extra})

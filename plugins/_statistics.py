@@ -11,13 +11,22 @@ against figures computed by hand.
 
 Definitions (the README repeats them):
 
+- A viewer is a token subject: ``guest:<id>`` for a guest's viewer token
+  (one browser), ``account:<id>`` for an account; only a viewer with
+  neither is counted by address. Page events name their viewer the same
+  way (the Bearer token's subject; else ``viewer``, a guest id).
 - A session is a join and the next leave of the same viewer (in order); one
   still open ends at the live's end (replay: now). Live sessions are clipped
-  to the live window; replay sessions are counted apart.
+  to the live window; replay sessions are counted apart, and so are page
+  events flagged ``replay`` or made after the live ended.
+- Chat messages: those shown in the chat (visible, or deleted later); a
+  message held for review counts once approved, never while held or when
+  rejected.
 - views: sessions of at least ``view_min_s``; average watch time: each unique
   viewer's total time, capped at the live's length, averaged over viewers.
 - CTR = clicks / impressions; click-to-order = orders placed / clicks;
-  conversion = distinct paying buyers / unique viewers; refund rate and
+  conversion = paying buyers who watched / unique viewers (so at most 1;
+  ``buyers`` counts every paying buyer, watching or not); refund rate and
   return rate = refunded (returned) orders / paid orders; GMV = the totals
   of paid orders. Orders placed after the live ended are replay orders.
 - AARRR: acquisition = arrivals by source (upcoming, share, direct);
@@ -33,7 +42,7 @@ import io
 import math
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -46,11 +55,13 @@ from shopcast.plugins._storage import Migration
 from shopcast.server._log import get_logger
 from shopcast.server._routing import HTTPError, Response
 
-__all__ = ["EventRow", "StatisticsPlugin", "compute_statistics", "render_svg"]
+__all__ = ["EventRow", "StatisticsPlugin", "compute_statistics", "render_svg", "viewer_identity"]
 
 log = get_logger("statistics")
 
 EVENT_TYPES = ("impression", "click", "share", "arrival")
+SHOWN_CHAT = ("visible", "deleted")
+"""Transcript statuses of messages that were shown in the chat."""
 SOURCES = ("upcoming", "share", "direct")
 
 MIGRATIONS = [
@@ -107,6 +118,19 @@ class _Session:
     end: float
 
 
+PAGE_EVENTS = frozenset(EVENT_TYPES)
+
+
+def viewer_identity(subject: str) -> str:
+    """The one name of a viewer however it was reported: the relay's
+    ``account:<token subject>`` of a guest's token and a page event's
+    ``viewer`` field both become ``guest:<id>``; accounts stay ``account:<id>``."""
+    for prefix in ("account:guest:", "viewer:guest:", "viewer:"):
+        if subject.startswith(prefix):
+            return "guest:" + subject[len(prefix):]
+    return subject
+
+
 def _rate(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 4) if denominator else None
 
@@ -146,7 +170,12 @@ def compute_statistics(events: list[EventRow], *, started_at: float | None, ende
                        now: float, view_min_s: float, activation_s: float, bucket_s: int,
                        max_buckets: int, returning: set[str] | None = None) -> dict[str, Any]:
     """The report of one room from its events (sorted by time); see the module docstring."""
-    events = sorted(events, key=lambda e: e.at)
+    # A page event after the live ended was made on the replay, whatever the page said.
+    events = sorted((replace(e, subject=viewer_identity(e.subject),
+                             replay=e.replay or (e.kind in PAGE_EVENTS and ended_at is not None
+                                                 and e.at > ended_at))
+                     for e in events), key=lambda e: e.at)
+    returning = {viewer_identity(s) for s in returning or ()}
     live_end = ended_at if ended_at is not None else now
     live_start = started_at if started_at is not None else live_end
     live_length = max(0.0, live_end - live_start)
@@ -167,7 +196,7 @@ def compute_statistics(events: list[EventRow], *, started_at: float | None, ende
                         and ended_at is not None and e.at > ended_at}
         return [e for e in events if e.kind == kind and (e.order_id in placed_after) == replay]
 
-    def commerce(replay: bool, views_or_viewers: int) -> dict[str, Any]:
+    def commerce(replay: bool, viewers: set[str]) -> dict[str, Any]:
         impressions = sum(e.count for e in events if e.kind == "impression" and e.replay == replay)
         clicks = sum(e.count for e in events if e.kind == "click" and e.replay == replay)
         placed = orders("order_placed", replay)
@@ -182,7 +211,7 @@ def compute_statistics(events: list[EventRow], *, started_at: float | None, ende
             "click_to_order": _rate(len(placed), clicks),
             "gmv_minor": sum(e.amount_minor or 0 for e in paid),
             "currency": currencies[0] if len(currencies) == 1 else (currencies or None),
-            "buyers": len(buyers), "conversion_rate": _rate(len(buyers), views_or_viewers),
+            "buyers": len(buyers), "conversion_rate": _rate(len(buyers & viewers), len(viewers)),
             "refunded_orders": len(refunded), "returned_orders": len(returned),
             "refund_rate": _rate(len(refunded), len(paid)),
             "return_rate": _rate(len(returned), len(paid)),
@@ -198,7 +227,7 @@ def compute_statistics(events: list[EventRow], *, started_at: float | None, ende
         "chat_messages": sum(e.count for e in chat),
         "chatters": len({e.subject for e in chat}),
         "reactions": sum(e.count for e in events if e.kind == "reaction"),
-        **commerce(False, unique),
+        **commerce(False, set(watch)),
     }
     activated = sum(1 for v in watch.values() if v >= activation_s)
     arrivals = {source: sum(e.count for e in events if e.kind == "arrival" and not e.replay
@@ -207,8 +236,8 @@ def compute_statistics(events: list[EventRow], *, started_at: float | None, ende
         "acquisition": {"arrivals": sum(arrivals.values()), **{f"from_{k}": v for k, v in arrivals.items()}},
         "activation": {"viewers_past_activation": activated, "activation_s": activation_s,
                        "rate": _rate(activated, unique)},
-        "retention": {"returning_viewers": len(set(watch) & (returning or set())),
-                      "rate": _rate(len(set(watch) & (returning or set())), unique)},
+        "retention": {"returning_viewers": len(set(watch) & returning),
+                      "rate": _rate(len(set(watch) & returning), unique)},
         "referral": {"shares": sum(e.count for e in events if e.kind == "share" and not e.replay)},
         "revenue": {"gmv_minor": live["gmv_minor"], "paid_orders": live["paid_orders"]},
     }
@@ -222,7 +251,9 @@ def compute_statistics(events: list[EventRow], *, started_at: float | None, ende
         "views": sum(1 for s in replay_sessions if s.end - s.start >= view_min_s),
         "average_watch_time_s": round(sum(replay_watch.values()) / len(replay_watch), 3)
         if replay_watch else 0.0,
-        **commerce(True, len(replay_watch)),
+        "arrivals": sum(e.count for e in events if e.kind == "arrival" and e.replay),
+        "shares": sum(e.count for e in events if e.kind == "share" and e.replay),
+        **commerce(True, set(replay_watch)),
     }
     timeline = []
     if started_at is not None:
@@ -342,6 +373,10 @@ class StatisticsPlugin:
         self.clock = time.time
         self._chat_lock = trio.Lock()
         self._reactions_counted: dict[str, int] = {}
+        self._held: dict[str, set[int]] = {}
+        """Per room, messages seen held for review: counted when approved."""
+        self.stored = trio.Event()
+        """Set (and replaced) after events are stored: tests wait on it."""
 
     # --- hooks ------------------------------------------------------------------------------
 
@@ -361,11 +396,11 @@ class StatisticsPlugin:
 
     @hookimpl
     async def shopcast_viewer_joined(self, room_id: str, subject: str, replay: bool) -> None:
-        await self.add(room_id, EventRow(self.clock(), "join", subject, replay))
+        await self.add(room_id, EventRow(self.clock(), "join", viewer_identity(subject), replay))
 
     @hookimpl
     async def shopcast_viewer_left(self, room_id: str, subject: str, replay: bool) -> None:
-        await self.add(room_id, EventRow(self.clock(), "leave", subject, replay))
+        await self.add(room_id, EventRow(self.clock(), "leave", viewer_identity(subject), replay))
 
     @hookimpl
     async def shopcast_order_placed(self, order: dict[str, Any]) -> None:
@@ -414,6 +449,8 @@ class StatisticsPlugin:
         await self.db.write(lambda c: c.executemany(
             "INSERT INTO stat_events (room_id, at, kind, subject, replay, pin_id, product_id, source, "
             "order_id, amount_minor, currency, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values))
+        self.stored.set()
+        self.stored = trio.Event()
 
     # --- chat, read in batches ---------------------------------------------------------------
 
@@ -434,9 +471,22 @@ class StatisticsPlugin:
             now_trio, now = trio.current_time(), self.clock()
             for room_id, room in list(interaction.rooms.items()):
                 last = seen.get(room_id, 0)
-                rows = [EventRow(now - (now_trio - m.server_time_s), "chat", f"account:{m.author_id}")
-                        for m, status in room.transcript() if m.id > last and status != "rejected"]
-                newest = max([last] + [m.id for m, _ in room.transcript()])
+                held = self._held.setdefault(room_id, set())
+                transcript = room.transcript()
+                rows = []
+                for m, status in transcript:
+                    if m.id <= last and m.id not in held:
+                        continue
+                    if status == "held":
+                        held.add(m.id)
+                        continue
+                    held.discard(m.id)
+                    if status in SHOWN_CHAT:
+                        rows.append(EventRow(now - (now_trio - m.server_time_s), "chat",
+                                             viewer_identity(f"account:{m.author_id}")))
+                # A held message that left the transcript (its bound) was never shown.
+                held &= {m.id for m, _ in transcript}
+                newest = max([last] + [m.id for m, _ in transcript])
                 reactions = sum(room.reactions_total.values())
                 counted = self._reactions_counted.get(room_id, 0)
                 if reactions > counted:
@@ -486,9 +536,9 @@ class StatisticsPlugin:
     async def post_event(self, request, claims, body, query, room_id: str) -> Response:
         await self.plugins.get("rooms").get(room_id)
         if claims is not None:
-            subject = f"account:{claims.subject}"
+            subject = viewer_identity(f"account:{claims.subject}")
         elif body.get("viewer"):
-            subject = f"viewer:{body['viewer']}"
+            subject = viewer_identity(f"viewer:{body['viewer']}")
         else:
             subject = f"address:{request.client[0] if request.client else ''}"
         limit = self.cfg.events_per_viewer_per_room_max

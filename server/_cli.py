@@ -278,6 +278,9 @@ def _cmd_export(config: Config, args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {args.file}: {summary['duration_s']:.3f} s, {summary['video_samples']} video and "
           f"{summary['audio_samples']} audio samples in {summary['fragments']} fragments", file=sys.stderr)
+    if summary.get("segments_left_out"):
+        print(f"shopcast export: {summary['segments_left_out']} of {summary['segments']} segments left out: "
+              "their encoder's configuration differs from the last one's", file=sys.stderr)
     return 0
 
 

@@ -507,6 +507,8 @@ class RecordingConfig:
     max_announced_replays: int = _spec(min=0, max=30_000, unit="count")
     replay_read_threads: int = _spec(min=1, max=256, unit="count")
     max_download_bytes: int = _spec(min=1024, max=1 << 40, unit="bytes")
+    max_concurrent_downloads: int = _spec(min=1, max=1024, unit="count")
+    replay_index_cache_entries: int = _spec(min=1, max=100_000, unit="count")
 
 
 @dataclass(frozen=True)

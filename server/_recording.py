@@ -17,6 +17,13 @@ carried it) and END (the broadcast ended cleanly). ``arrival_us`` grows
 through the whole file: a later segment continues where the previous one
 stopped, so a replay plays segments back to back.
 
+A segment's media timestamps are the publisher's and restart with it (an
+encoder that reconnects starts RTMP time at zero again). The index gives
+every segment a media offset so that its audio and video follow the
+previous segment's on one timeline, with no gap (the arrival times have
+none either): a replay rewrites the timestamps of later segments' media
+frames with it, and the MP4 export uses the same offsets.
+
 Resource handling: the Recorder taps tracks synchronously (a list append per
 frame, nothing else on the media path) and writes batches from a worker
 thread once per ``flush_interval_ms``, with an fsync at least every
@@ -47,6 +54,7 @@ from shopcast.server.moq import (
     ProtocolViolation,
     decode_catalog_untrusted,
     decode_frame_untrusted,
+    encode_frame,
 )
 
 __all__ = [
@@ -94,6 +102,8 @@ class RecordingSettings:
     read_threads: int = 4
     """Worker threads replays read files with (their own, so that many
     replays never hold up the database's)."""
+    index_cache_entries: int = 64
+    """Replay indexes kept in memory; past this the cache is emptied."""
 
     @classmethod
     def from_config(cls, rec) -> "RecordingSettings":
@@ -104,7 +114,8 @@ class RecordingSettings:
             max_bytes_per_room=rec.max_bytes_per_room, retention_days=rec.retention_days,
             retention_check_interval_s=rec.retention_check_interval_s, record_demo=rec.record_demo,
             replay_read_ahead_s=rec.replay_read_ahead_ms / 1000, max_replays=rec.max_replays,
-            max_announced=rec.max_announced_replays, read_threads=rec.replay_read_threads)
+            max_announced=rec.max_announced_replays, read_threads=rec.replay_read_threads,
+            index_cache_entries=rec.replay_index_cache_entries)
 
 
 def recording_path(directory: Path, room_id: str) -> Path | None:
@@ -178,6 +189,18 @@ class RecordingIndex:
     first_media_us: int | None = None
     """The hang timestamp of the first video frame: a page converts a media
     timestamp to a seek offset (``ROOM/replay@START_US``) with it."""
+    segment_starts: list[int] = field(default_factory=list)
+    """Record numbers of the SEGMENT records, in order."""
+    segment_offsets_us: list[int] = field(default_factory=list)
+    """What to add to the media timestamps of each segment so that the
+    segments follow one another (0 for the first; see the module docstring)."""
+    media: frozenset[str] = frozenset()
+    """The audio and video tracks (``media_tracks``), whose frames carry media timestamps."""
+
+    def media_offset_us(self, number: int) -> int:
+        """The media offset of the segment record ``number`` belongs to."""
+        segment = bisect.bisect_right(self.segment_starts, number) - 1
+        return self.segment_offsets_us[segment] if segment > 0 else 0
 
     @property
     def duration_us(self) -> int:
@@ -219,11 +242,17 @@ def read_index(path: Path) -> RecordingIndex:
         names: dict[int, str] = {}
         seen: set[str] = set()
         first_us: dict[str, int] = {}
+        spans: list[dict[str, _Span]] = [{}]
+        """Per segment and track: the media timestamps its frames span."""
         # Every payload is checked (the whole file is read once; the index is
         # cached): a replay never sends a damaged frame.
         for kind, track, arrival_us, group, payload, offset, length in iter_records_untrusted(f):
+            number = len(index.offsets)
             if kind == SEGMENT:
                 names = {}
+                if index.segment_starts:
+                    spans.append({})
+                index.segment_starts.append(number)
             elif kind == TRACK:
                 name = payload.decode("utf-8", "replace")
                 names[track] = name
@@ -231,21 +260,27 @@ def read_index(path: Path) -> RecordingIndex:
                     seen.add(name)
                     index.track_names.append(name)
             name = names.get(track, "") if kind in (GROUP, FRAME) else ""
-            number = len(index.offsets)
             index.offsets.append(offset)
             index.arrivals.append(arrival_us)
             index.kinds.append(kind)
             index.tracks.append(name)
             if kind == FRAME and name == CATALOG_TRACK:
                 index.catalogs.append((number, payload))
-            elif kind == FRAME and name not in first_us and payload:
+            elif kind == FRAME and payload:
                 try:
-                    first_us[name] = decode_frame_untrusted(payload)[0]
-                except ProtocolViolation:
+                    timestamp_us = decode_frame_untrusted(payload)[0]
+                except ProtocolViolation:  # not a hang frame (chat): no media time
                     pass
+                else:
+                    first_us.setdefault(name, timestamp_us)
+                    span = spans[-1].get(name)
+                    if span is None:
+                        spans[-1][name] = _Span(timestamp_us, timestamp_us, timestamp_us)
+                    else:
+                        span.add(timestamp_us)
             index.end = f.tell()
-        media = index.media_tracks()
-        videos = [n for n in index.track_names if n in media and n != CATALOG_TRACK]
+        index.media = frozenset(index.media_tracks() - {CATALOG_TRACK})
+        videos = [n for n in index.track_names if n in index.media]
         for _, payload in index.catalogs[:1]:
             try:
                 catalog = decode_catalog_untrusted(payload, max_size_bytes=len(payload))
@@ -258,7 +293,48 @@ def read_index(path: Path) -> RecordingIndex:
         index.seek_points = [i for i, (k, t) in enumerate(zip(index.kinds, index.tracks))
                              if k == GROUP and t == index.video_track]
         index.first_media_us = first_us.get(index.video_track)
+        index.segment_offsets_us = _segment_offsets_us(
+            [{t: s for t, s in segment.items() if t in index.media} for segment in spans])
     return index
+
+
+@dataclass
+class _Span:
+    """The media timestamps of one track in one segment."""
+
+    first_us: int
+    last_us: int
+    previous_us: int
+    step_us: int = 0
+    """The smallest positive step between consecutive frames: one frame's
+    duration (with B-frames too, whose decode order jumps back and forth)."""
+
+    def add(self, timestamp_us: int) -> None:
+        step = timestamp_us - self.previous_us
+        if step > 0 and (self.step_us == 0 or step < self.step_us):
+            self.step_us = step
+        self.previous_us = timestamp_us
+        self.first_us = min(self.first_us, timestamp_us)
+        self.last_us = max(self.last_us, timestamp_us)
+
+
+def _segment_offsets_us(segments: list[dict[str, _Span]]) -> list[int]:
+    """Each segment's media offset: its earliest media timestamp moved to
+    just after the end of the previous segment's media (last timestamp plus
+    one frame, on the track that ends last). One offset for all of a
+    segment's tracks keeps its audio and video in sync; a segment with no
+    media keeps the offset before it."""
+    offsets: list[int] = []
+    end_us: int | None = None
+    for spans in segments:
+        offset = offsets[-1] if offsets else 0
+        if spans:
+            start = min(s.first_us for s in spans.values())
+            if end_us is not None:
+                offset = end_us - start
+            end_us = max(s.last_us + s.step_us for s in spans.values()) + offset
+        offsets.append(offset)
+    return offsets
 
 
 def read_records(path: Path, index: RecordingIndex, first: int, last: int) -> list[tuple[int, str, int, bytes]]:
@@ -591,6 +667,10 @@ class ReplayService:
         self._readers = trio.CapacityLimiter(settings.read_threads)
         self.available: dict[str, float] = {}
         """Rooms with a recording, and when it was last written (Unix s)."""
+        self.withheld: set[str] = set()
+        """Rooms whose recording is never replayed (an operator's emergency
+        shutdown): not announced, not played; their owner and operators can
+        still download it."""
         self.listeners: list[Callable[[str, bool], None]] = []
         """Called with (name, True) when a replay is announced: moq-lite
         sessions announce it, so players that wait for an announcement
@@ -602,7 +682,7 @@ class ReplayService:
         """The room ``room_id`` has ended: announce its replay, if it has a
         recording and may be replayed now."""
         path = self.recorder.path(room_id)
-        if (path is None or not path.exists() or not self.may_replay(room_id)
+        if (path is None or not path.exists() or not self._may_replay(room_id)
                 or self.settings.max_announced == 0):
             return
         self.available[room_id] = time.time() if written_s is None else written_s
@@ -614,7 +694,17 @@ class ReplayService:
     def announced_names(self) -> list[str]:
         """The replays to announce to a new session: the newest recordings
         that may be replayed now, at most ``max_announced``."""
-        return [name for name in self.available if self.may_replay(name)]
+        return [name for name in self.available if self._may_replay(name)]
+
+    def withhold(self, room_id: str) -> None:
+        """Never replay ``room_id`` (see ``withheld``); its announcement is taken back."""
+        self.withheld.add(room_id)
+        if self.available.pop(room_id, None) is not None:
+            for listener in list(self.listeners):
+                listener(room_id, False)
+
+    def _may_replay(self, room_id: str) -> bool:
+        return room_id not in self.withheld and self.may_replay(room_id)
 
     def recorded_names(self) -> dict[str, float]:
         """Every recording in the directory and when it was last written
@@ -641,7 +731,12 @@ class ReplayService:
         """Whether ``room_id`` has a recording and may be replayed now (for
         Buy Now from the replay; blocking only for a stat)."""
         path = self.recorder.path(room_id)
-        return path is not None and path.exists() and self.may_replay(room_id)
+        return path is not None and path.exists() and self._may_replay(room_id)
+
+    @property
+    def indexes_cached(self) -> int:
+        """Recording indexes held in memory (at most ``index_cache_entries``)."""
+        return len(self._indexes)
 
     async def index(self, room_id: str) -> RecordingIndex | None:
         """The index of ``room_id``'s recording (cached while the file is unchanged)."""
@@ -656,7 +751,7 @@ class ReplayService:
         if cached is not None and cached.size == stat.st_size and cached.mtime_ns == stat.st_mtime_ns:
             return cached
         index = await trio.to_thread.run_sync(read_index, path, limiter=self._readers)
-        if len(self._indexes) > 64:
+        if len(self._indexes) >= self.settings.index_cache_entries:
             self._indexes.clear()
         self._indexes[path] = index
         return index
@@ -676,7 +771,7 @@ class ReplayService:
         path = self.recorder.path(room_id)
         index = self._indexes.get(path) if path is not None else None
         if (index is None or not index.offsets or self._nursery is None
-                or len(self._playing) >= self.settings.max_replays or not self.may_replay(room_id)):
+                or len(self._playing) >= self.settings.max_replays or not self._may_replay(room_id)):
             return None
         broadcast = Broadcast(self._relay, name, owner="replay")
         broadcast.replay_of = room_id  # type: ignore[attr-defined]
@@ -694,7 +789,7 @@ class ReplayService:
             room_id, _ = replay_name_untrusted(name)
         except ValueError:
             return False
-        if not self.may_replay(room_id):
+        if not self._may_replay(room_id):
             return False
         index = await self.index(room_id)
         return index is not None and bool(index.offsets)
@@ -721,21 +816,18 @@ class ReplayService:
         # audio or video (catalog, chat, pins, counts), sent at once, so a
         # viewer who seeks knows the catalog and what is pinned.
         if first > 0:
-            media = index.media_tracks() - {CATALOG_TRACK}
             last_group: dict[str, int] = {}
             for number in range(first):
-                if index.kinds[number] == GROUP and index.tracks[number] not in media:
+                if index.kinds[number] == GROUP and index.tracks[number] not in index.media:
                     last_group[index.tracks[number]] = number
             if last_group:
-                records = await trio.to_thread.run_sync(read_records, path, index,
-                                                        min(last_group.values()), first,
-                                                        limiter=self._readers)
                 start = min(last_group.values())
-                for offset, (kind, track_name, _, payload) in enumerate(records):
-                    number = start + offset
+                records = await trio.to_thread.run_sync(read_records, path, index, start, first,
+                                                        limiter=self._readers)
+                for number, (kind, track_name, _, payload) in enumerate(records, start=start):
                     if track_name not in last_group or number < last_group[track_name]:
                         continue
-                    self._apply(broadcast, index, kind, track_name, payload)
+                    self._apply(broadcast, index, number, kind, track_name, payload)
         t0 = index.arrivals[first]
         started = trio.current_time()
         ahead_us = max(1, int(self.settings.replay_read_ahead_s * 1e6))
@@ -751,11 +843,11 @@ class ReplayService:
                 return
             for kind, track_name, arrival_us, payload in records:
                 await trio.sleep_until(started + (arrival_us - t0) / 1e6)
-                self._apply(broadcast, index, kind, track_name, payload)
-            number += len(records)
+                self._apply(broadcast, index, number, kind, track_name, payload)
+                number += 1
 
     @staticmethod
-    def _apply(broadcast: Broadcast, index: RecordingIndex, kind: int, track_name: str,
+    def _apply(broadcast: Broadcast, index: RecordingIndex, number: int, kind: int, track_name: str,
                payload: bytes) -> None:
         track = broadcast.tracks.get(track_name)
         if track is None:
@@ -765,21 +857,45 @@ class ReplayService:
         elif kind == FRAME:
             if track_name == CATALOG_TRACK:
                 payload = _with_replay_field(payload, index)
+            elif track_name in index.media:
+                offset_us = index.media_offset_us(number)
+                if offset_us and payload:
+                    # A later segment: its restarted timestamps continue the previous one's.
+                    try:
+                        timestamp_us, body = decode_frame_untrusted(payload)
+                    except ProtocolViolation:  # sent as recorded, as it was live
+                        pass
+                    else:
+                        payload = encode_frame(max(0, timestamp_us + offset_us), body)
             if track.current is None or track.current.ended:
                 track.begin_group()
             track.append(payload)
-        elif kind == SEGMENT:
-            pass
 
 
 # --- export ---------------------------------------------------------------------------------
 
 
+class _FileSlice:
+    """Where a frame's codec payload lies in the recording file: the MP4
+    writer reads it when it writes the frame's fragment."""
+
+    __slots__ = ("length", "offset")
+
+    def __init__(self, offset: int, length: int) -> None:
+        self.offset = offset
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
 def export_mp4(path: Path, out: BinaryIO) -> dict[str, Any]:
     """Write the recording at ``path`` as a fragmented MP4 (H.264 + AAC) to
-    ``out`` (blocking). Returns what was written: duration, fragments,
-    samples. Raises ValueError when the recording has no H.264 video or AAC
-    audio that an MP4 can hold."""
+    ``out`` (blocking), fragment by fragment: what is held in memory is each
+    frame's time and place in the file, never the media. Segments follow one
+    another on one timeline (``RecordingIndex.segment_offsets_us``). Returns
+    what was written: duration, fragments, samples. Raises ValueError when
+    the recording has no H.264 video or AAC audio that an MP4 can hold."""
     from shopcast.codecs import FragmentedMp4Writer
 
     index = read_index(path)
@@ -793,32 +909,75 @@ def export_mp4(path: Path, out: BinaryIO) -> dict[str, Any]:
     audio = next((a for a in catalog.audio if a.codec.startswith("mp4a") and a.description), None)
     if video is None and audio is None:
         raise ValueError("the recording has neither H.264 video nor AAC audio")
-    frames: dict[str, list[tuple[int, bool, bytes]]] = {}
+    frames: dict[str, list[tuple[int, bool, _FileSlice]]] = {}
     wanted = {r.track for r in (video, audio) if r is not None}
+    # One sample entry per track: a segment whose encoder had another
+    # configuration (a new resolution after a reconnect) cannot be decoded
+    # with it, so that track's frames of that segment are left out.
+    configs = _segment_configs(index, {r.track: r.description for r in (video, audio) if r is not None})
+    left_out: set[tuple[str, int]] = set()
     new_group: dict[str, bool] = {}
     with open(path, "rb") as f:
-        names: dict[int, str] = {}
-        for kind, track, _, _, payload, _, _ in iter_records_untrusted(f):
-            if kind == SEGMENT:
-                names = {}
-            elif kind == TRACK:
-                names[track] = payload.decode("utf-8", "replace")
-            elif kind == GROUP:
-                new_group[names.get(track, "")] = True
-            elif kind == FRAME:
-                name = names.get(track, "")
-                if name not in wanted:
-                    continue
-                try:
-                    timestamp_us, body = decode_frame_untrusted(payload)
-                except ProtocolViolation:  # a frame we cannot read is left out
-                    continue
-                if not body:
-                    continue
-                frames.setdefault(name, []).append((timestamp_us, new_group.pop(name, False), bytes(body)))
-    writer = FragmentedMp4Writer(
-        video=None if video is None else (video.description, video.coded_width_px or 0,
-                                          video.coded_height_px or 0),
-        audio=None if audio is None else (audio.description, audio.sample_rate_hz, audio.channel_count))
-    return writer.write(out, frames.get(video.track, []) if video else [],
-                        frames.get(audio.track, []) if audio else [])
+        # The index has checked every record: only each frame's header and
+        # timestamp are read here, the media when its fragment is written.
+        for number, (kind, name) in enumerate(zip(index.kinds, index.tracks)):
+            if name not in wanted:
+                continue
+            segment = max(0, bisect.bisect_right(index.segment_starts, number) - 1)
+            if not configs.get((name, segment), True):
+                left_out.add((name, segment))
+                continue
+            if kind == GROUP:
+                new_group[name] = True
+                continue
+            if kind != FRAME:
+                continue
+            f.seek(index.offsets[number])
+            head = f.read(HEADER.size + 8)
+            length = HEADER.unpack_from(head)[5]
+            try:
+                timestamp_us, rest = decode_frame_untrusted(head[HEADER.size:HEADER.size + length])
+            except ProtocolViolation:  # a frame we cannot read is left out
+                continue
+            stamp = min(length, 8) - len(rest)
+            if length - stamp <= 0:
+                continue
+            where = _FileSlice(index.offsets[number] + HEADER.size + stamp, length - stamp)
+            frames.setdefault(name, []).append(
+                (timestamp_us + index.media_offset_us(number), new_group.pop(name, False), where))
+
+        def read(where: _FileSlice) -> bytes:
+            f.seek(where.offset)
+            return f.read(where.length)
+
+        writer = FragmentedMp4Writer(
+            video=None if video is None else (video.description, video.coded_width_px or 0,
+                                              video.coded_height_px or 0),
+            audio=None if audio is None else (audio.description, audio.sample_rate_hz, audio.channel_count))
+        summary = writer.write(out, frames.get(video.track, []) if video else [],
+                               frames.get(audio.track, []) if audio else [], read=read)
+    summary["segments"] = max(1, len(index.segment_starts))
+    summary["segments_left_out"] = len({segment for _, segment in left_out})
+    return summary
+
+
+def _segment_configs(index: RecordingIndex, chosen: dict[str, bytes | None]) -> dict[tuple[str, int], bool]:
+    """(track, segment) -> whether the segment's catalog describes the track
+    as ``chosen`` does; a segment without a catalog keeps the previous one's."""
+    described: dict[str, bytes | None] = {}
+    by_segment: dict[int, dict[str, bytes | None]] = {}
+    catalogs = iter(index.catalogs)
+    pending = next(catalogs, None)
+    for segment in range(max(1, len(index.segment_starts))):
+        end = index.segment_starts[segment + 1] if segment + 1 < len(index.segment_starts) else len(index.offsets)
+        while pending is not None and pending[0] < end:
+            try:
+                catalog = decode_catalog_untrusted(pending[1], max_size_bytes=len(pending[1]))
+            except ProtocolViolation:  # an unreadable catalog changes nothing
+                pass
+            else:
+                described = {r.track: r.description for r in (*catalog.video, *catalog.audio)}
+            pending = next(catalogs, None)
+        by_segment[segment] = dict(described)
+    return {(track, segment): by_segment[segment].get(track) == description
+            for segment in by_segment for track, description in chosen.items()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import trio
@@ -29,13 +30,23 @@ async def test_only_the_owner_and_operators_download_the_mp4(api_server, clock, 
     rooms.clock = clock
     host = await api.user("hana", "host", display_name="Hana")
     other = await api.user("olga", "host", display_name="Olga")
+    member = await api.user("tina", "host", display_name="Tina")
     viewer = await api.user("vera", "audience", display_name="Vera")
     operator = await api.operator()
-    body = rooms_api.room_body(scheduled_start=rooms_api.iso(clock.now + 3600))
+    body = rooms_api.room_body(scheduled_start=rooms_api.iso(clock.now + 3600), team=["tina"])
     room_id = (await api.call("POST", "/api/v1/rooms", body, token=host)).body["room"]["id"]
     path = f"/api/v1/rooms/{room_id}/recording.mp4"
     nothing = await api.call("GET", path, token=host)
     assert nothing.status == 404 and nothing.error_field == "room_id"
+    # The media tokens the rooms plugin gives its owner and a team member
+    # (both host tokens for this room; only the owner's subject owns it).
+    media = {}
+    for name, token in (("owner", host), ("member", member)):
+        reply = await api.call("POST", f"/api/v1/rooms/{room_id}/media-token", {"publish": True},
+                               token=token)
+        assert reply.status == 200, reply.body
+        media[name] = reply.body["token"]
+        assert app.tokens.verify_untrusted(media[name], now=time.time()).role == "host"
     clock.now = rooms._cache[room_id]["scheduled_start"] + 1
     broadcast = app.relay.publish(room_id)  # a local publisher, as the demo room is
     with trio.fail_after(10):
@@ -47,10 +58,16 @@ async def test_only_the_owner_and_operators_download_the_mp4(api_server, clock, 
         while any(b.name == room_id for b in app.recorder.recordings):
             await app.recorder.flushed.wait()
     assert (await api.call("GET", path)).status == 401
-    for token in (other, viewer):
+    stats = f"/api/v1/rooms/{room_id}/statistics"
+    for token in (other, viewer, member, media["member"]):
         refused = await api.call("GET", path, token=token)
         assert refused.status == 403 and refused.body["error"]["field"] == "authorization"
-    for token in (host, operator):
+        # An audience account is refused by the route's roles, a host by the owner check.
+        assert refused.body["error"]["code"] == ("forbidden" if token == viewer else "not_owner")
+        assert (await api.call("GET", stats, token=token)).status == 403
+    for token in (media["owner"], operator):
+        assert (await api.call("GET", stats, token=token)).status == 200
+    for token in (host, media["owner"], operator):
         reply = await api.call("GET", path, token=token)
         assert reply.status == 200 and reply.headers["content-type"] == "video/mp4"
         out = tmp_path / "download.mp4"
@@ -137,3 +154,46 @@ async def test_a_recording_too_large_to_download_says_to_export_it(api_server):
     reply = await api.call("GET", "/api/v1/rooms/room9/recording.mp4", token=api.service_token())
     assert reply.status == 413 and reply.error_field == "room_id"
     assert "shopcast export room9" in reply.body["error"]["message"]
+
+
+async def test_the_export_holds_where_frames_are_not_the_media(tmp_path, autojump_clock):
+    import tracemalloc
+
+    from shopcast.server._recording import export_mp4
+
+    from .test_recorder import record_clip
+
+    path, written = await record_clip(tmp_path, loops=15)  # a minute
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        with open(tmp_path / "out.mp4", "wb") as out:
+            summary = export_mp4(path, out)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary["video_samples"] == len(written["video"])
+    # Frame times and places, not frames: a whole-file export held more than the file (1.26x).
+    assert peak < 0.75 * size, (peak, size)
+
+
+async def test_downloads_at_once_are_bounded_and_the_next_is_told_to_retry(api_server):
+    api = await api_server({"recording": {"max_concurrent_downloads": 1}})
+    app = api.app
+    broadcast = app.relay.publish("room9")
+    await play_clip(HangMuxer(broadcast), load_flv_clip(DEMO.read_bytes()), loops=1)
+    broadcast.end()
+    with trio.fail_after(10):
+        while app.recorder.recordings:
+            await app.recorder.flushed.wait()
+    downloads = app.plugins.get("recordings").downloads
+    path = "/api/v1/rooms/room9/recording.mp4"
+    async with downloads:  # the one download allowed is being made
+        busy = await api.call("GET", path, token=api.service_token())
+        assert busy.status == 503 and busy.body["error"]["code"] == "downloads_busy"
+        assert busy.headers["retry-after"] == "5"
+    assert downloads.value == 1
+    reply = await api.call("GET", path, token=api.service_token())
+    assert reply.status == 200 and reply.body[4:8] == b"ftyp"
+    assert downloads.value == 1
+    assert not [p for p in app.recorder.directory.iterdir() if p.name.startswith(".export-")]

@@ -216,3 +216,25 @@ def test_recordings_past_their_retention_are_deleted(tmp_path):
     assert not old.exists() and new.exists()
     keep = Recorder(Relay(), tmp_path, RecordingSettings(retention_days=0))
     assert keep.delete_expired(now + 1e9) == [] and new.exists()
+
+
+async def test_the_replay_index_cache_is_bounded_by_config(tmp_path, autojump_clock):
+    import pytest
+
+    from shopcast.server._config import ConfigError, load_config
+    from shopcast.server._recording import ReplayService
+    from shopcast.server._relay import RelayLimits
+
+    config = load_config(environ={}, overrides={"recording": {"replay_index_cache_entries": 2}})
+    settings = RecordingSettings.from_config(config.recording)
+    assert settings.index_cache_entries == 2
+    with pytest.raises(ConfigError, match="replay_index_cache_entries"):
+        load_config(environ={}, overrides={"recording": {"replay_index_cache_entries": 0}})
+    for name in ("room1", "room2", "room3"):
+        await record_clip(tmp_path, loops=0.1, name=name)
+    replays = ReplayService(Recorder(Relay(), tmp_path, settings), RelayLimits(), settings)
+    counts = []
+    for name in ("room1", "room2", "room3", "room3"):
+        assert await replays.index(name) is not None
+        counts.append(replays.indexes_cached)
+    assert counts == [1, 2, 1, 1]  # full at two: emptied before the third is kept

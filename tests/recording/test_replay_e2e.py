@@ -121,8 +121,25 @@ async def test_replay_is_the_live_byte_for_byte_with_chat_and_pins_on_time(serve
     pins = [f for f in got["commerce"]]
     assert len(pins) == 1 and decode_frame_untrusted(pins[0].payload)[0] == sent["pin_us"]
     assert abs(_video_time_at(got["video"], pins[0].arrival_s) - sent["pin_us"]) <= 200_000
-    # Counted as a replay viewer of the room, not a live one.
+    # Counted as a replay viewer of the room, not a live one: the relay's
+    # hooks reached the statistics with replay=True (the join, and the leave
+    # when the session closed).
     assert app.replays.replays_started == 1
+    stats = app.plugins.get("statistics")
+
+    def viewer_rows(c):
+        return [tuple(r) for r in c.execute(
+            "SELECT kind, subject, replay FROM stat_events WHERE room_id = ? AND kind IN ('join', 'leave') "
+            "ORDER BY id", (ROOM,))]
+
+    with trio.fail_after(10):
+        while True:
+            changed = stats.stored  # taken before reading: a store during the read sets it
+            rows = await app.db.read(viewer_rows)
+            if len(rows) >= 2:
+                break
+            await changed.wait()
+    assert rows == [("join", "address:127.0.0.1", 1), ("leave", "address:127.0.0.1", 1)]
 
 
 async def test_seeking_starts_at_the_group_before_with_the_pin_already_shown(server_factory):
@@ -194,6 +211,14 @@ async def test_viewers_are_told_when_an_ended_rooms_replay_is_there(api_server, 
                 changed = trio.Event()
         assert heard == [(room_id, True), (room_id, False), (room_id, True)]
         assert app.replays.announced_names() == [room_id]
+    # The room stays "ended", the last state: that it can be watched again
+    # is the replay service's answer, not a state that retention or a
+    # shutdown would leave stale; no state is declared that is never set.
+    room = (await api.call("GET", f"/api/v1/rooms/{room_id}")).body
+    assert room["state"] == "ended" and app.replays.has_replay(room_id)
+    doc = (await api.call("GET", "/api/v1/openapi.json")).body
+    states = doc["components"]["schemas"]["Room"]["properties"]["state"]["enum"]
+    assert states == ["scheduled", "rehearsal", "live", "ended"]
     # A broadcast that is no room is not announced once over (a platform's
     # own name): subscribing to it still replays it.
     other = app.relay.publish("room5")
@@ -238,3 +263,50 @@ async def test_a_room_whose_recording_field_is_false_is_not_recorded(api_server,
     recorded = {b.name for b in app.recorder.recordings}
     assert kept.body["room"]["id"] in recorded
     assert unrecorded.body["room"]["id"] not in recorded
+
+
+async def test_a_room_shut_down_by_an_operator_is_never_replayed_but_its_owner_downloads_it(
+        api_server, clock, rooms_api, tmp_path):
+    data = str(tmp_path / "shutdown")
+    api = await api_server({"server": {"data_dir": data}})
+    app = api.app
+    rooms = app.plugins.get("rooms")
+    rooms.clock = clock
+    host = await api.user("hana", "host", display_name="Hana")
+    operator = await api.operator()
+    body = rooms_api.room_body(scheduled_start=rooms_api.iso(clock.now + 3600))
+    room_id = (await api.call("POST", "/api/v1/rooms", body, token=host)).body["room"]["id"]
+    clock.now = rooms._cache[room_id]["scheduled_start"] + 1
+    broadcast = app.relay.publish(room_id)
+    with trio.fail_after(10):
+        await rooms.wait_for_state(room_id, "live")
+    await play_clip(HangMuxer(broadcast), load_flv_clip(DEMO.read_bytes()), loops=1)
+    shut = await api.call("POST", f"/api/v1/rooms/{room_id}/shutdown", {"reason": "unsafe content"},
+                          token=operator)
+    assert shut.status == 200 and shut.body["state"] == "ended", shut.body
+    with trio.fail_after(10):
+        while app.recorder.recordings:
+            await app.recorder.flushed.wait()
+    assert app.recorder.path(room_id).stat().st_size > 100_000  # it was recorded
+
+    async def refused_to_the_public(server_app, port: int) -> None:
+        assert room_id not in server_app.replays.announced_names()
+        assert not server_app.replays.has_replay(room_id)
+        viewer_token = server_app.tokens.mint(subject="guest:abcdefghijklmnop", role="viewer",
+                                              room=room_id, ttl_s=600, now=time.time())
+        async with connect(f"https://127.0.0.1:{port}/moq", token=viewer_token,
+                           certificate_sha256=server_app.certificate.sha256_hex) as viewer:
+            for name in (room_id, f"{room_id}/replay@2000000"):
+                upstream = await viewer.subscribe(name, "video")
+                with trio.fail_after(10):
+                    await upstream.ended.wait()
+                assert upstream.end_code not in (None, 0), name
+                assert upstream.frames.statistics().current_buffer_used == 0, name
+        assert server_app.replays.replays_started == 0
+
+    await refused_to_the_public(app, api.port)
+    download = await api.call("GET", f"/api/v1/rooms/{room_id}/recording.mp4", token=host)
+    assert download.status == 200 and download.body[4:8] == b"ftyp"
+    # After a restart too.
+    again = await api_server({"server": {"data_dir": data}})
+    await refused_to_the_public(again.app, again.port)

@@ -133,7 +133,7 @@ async def test_a_scripted_session_gives_the_statistics_computed_by_hand(api_serv
         "revenue": {"gmv_minor": 3500, "paid_orders": 2}}
     assert report["replay"] == {
         "unique_viewers": 2, "sessions": 2, "views": 1, "average_watch_time_s": 5.5,
-        "impressions": 0, "clicks": 1, "ctr": None, "orders": 1, "paid_orders": 1,
+        "arrivals": 0, "shares": 0, "impressions": 0, "clicks": 1, "ctr": None, "orders": 1, "paid_orders": 1,
         "click_to_order": 1.0, "gmv_minor": 700, "currency": "EUR", "buyers": 1,
         "conversion_rate": 0.5, "refunded_orders": 0, "returned_orders": 0,
         "refund_rate": 0.0, "return_rate": 0.0}
@@ -199,3 +199,188 @@ async def test_only_the_owner_and_operators_read_statistics_and_events_are_check
     report = (await api.call("GET", path, token=host)).body
     assert report["live"]["clicks"] == 4
     await _end(api, room_id, broadcast)
+
+
+async def test_held_chat_counts_once_approved_and_replay_page_events_count_apart(api_server, clock,
+                                                                                rooms_api):
+    api = await api_server({"rooms": {"push_lost_end_after_s": 0.0}})
+    app = api.app
+    stats, rooms = app.plugins.get("statistics"), app.plugins.get("rooms")
+    rooms.clock = stats.clock = clock
+    host = await api.user("hana", "host", display_name="Hana")
+    room_id, broadcast = await _live_room(api, rooms_api, clock, host)
+    chat = app.interaction.room(room_id)
+    moderator = Author("hana", "Hana", Role.HOST, registered=True)
+    chat.set_mode(moderator, now_s=trio.current_time(), hold_for_review=True)
+    chat.set_blocklist(moderator, ["spam"], now_s=trio.current_time())  # flagged: held for review
+
+    def say(who: str, text: str) -> dict:
+        return chat.handle(Author(who, who, Role.VIEWER, registered=True), {"type": "message", "text": text},
+                           now_s=trio.current_time(), media_timestamp_us=0)
+
+    for who in ("A", "B", "C"):
+        assert say(who, f"spam? question from {who}")["type"] == "held"
+    await stats.poll_chat()  # all three held: none shown yet
+    first, second, _ = [m.id for m in chat.held()]
+    chat.approve(moderator, first, now_s=trio.current_time())
+    chat.reject(moderator, second, now_s=trio.current_time())
+    await stats.poll_chat()
+    chat.set_mode(moderator, now_s=trio.current_time(), hold_for_review=False)
+    assert say("D", "shown at once")["type"] == "ok"
+    events = f"/api/v1/rooms/{room_id}/events"
+
+    async def event(**body) -> None:
+        reply = await api.call("POST", events, body)
+        assert reply.status == 204, reply.body
+
+    clock.now += 5
+    await event(type="arrival", source="share", viewer="guestguestguest01")
+    await event(type="impression", pin_id="p1", viewer="guestguestguest01")
+    await event(type="click", pin_id="p1", viewer="guestguestguest01")
+    await event(type="share", viewer="guestguestguest01")
+    # A replay page's events (the web pages flag them), even while the live is on...
+    await event(type="impression", pin_id="p1", viewer="guestguestguest02", replay=True)
+    clock.now += 5
+    await _end(api, room_id, broadcast)
+    clock.now += 5
+    # ... and any event once it has ended, flagged or not.
+    await event(type="arrival", source="share", viewer="guestguestguest03", replay=True)
+    await event(type="impression", pin_id="p1", viewer="guestguestguest03", replay=True)
+    await event(type="click", pin_id="p1", viewer="guestguestguest03")
+    await event(type="share", viewer="guestguestguest03", replay=True)
+    report = (await api.call("GET", f"/api/v1/rooms/{room_id}/statistics", token=host)).body
+    # One approved, one shown at once; the rejected and the still-held never.
+    assert report["live"]["chat_messages"] == 2 and report["live"]["chatters"] == 2
+    assert (report["live"]["impressions"], report["live"]["clicks"], report["live"]["ctr"]) == (1, 1, 1.0)
+    assert report["funnel"]["acquisition"]["arrivals"] == 1
+    assert report["funnel"]["referral"]["shares"] == 1
+    replay = report["replay"]
+    assert (replay["impressions"], replay["clicks"], replay["ctr"]) == (2, 1, 0.5)
+    assert (replay["arrivals"], replay["shares"]) == (1, 1)
+
+
+async def test_real_viewer_sessions_live_and_replay_make_the_statistics(api_server, clock, rooms_api):
+    """Viewers are moq-lite sessions of shopcast.client with viewer tokens of
+    distinct subjects (two guests' browsers and an account); after the live
+    one guest watches the replay. Their joins and leaves come from the relay,
+    flagged replay by the server, not from the test."""
+    import time
+
+    from shopcast.client import connect
+    from shopcast.server.moq import encode_frame
+
+    api = await api_server({"rooms": {"push_lost_end_after_s": 0.0}})
+    app = api.app
+    stats, rooms = app.plugins.get("statistics"), app.plugins.get("rooms")
+    rooms.clock = stats.clock = clock
+    host = await api.user("hana", "host", display_name="Hana")
+    await api.user("vera", "audience", display_name="Vera")
+    vera = (await api.app.db.read(lambda c: c.execute(
+        "SELECT id FROM accounts WHERE name = 'vera'").fetchone()))[0]
+    room_id, broadcast = await _live_room(api, rooms_api, clock, host)
+    video = broadcast.track("video")
+    video.write_frame(encode_frame(0, b"\x00\x00\x00\x01\x65"), keyframe=True)
+    url = f"https://127.0.0.1:{api.port}/moq"
+    sha = app.certificate.sha256_hex
+    guests = ["guest:" + "a" * 20, "guest:" + "b" * 20]
+
+    def token(subject: str) -> str:
+        return app.tokens.mint(subject=subject, role="viewer", room=room_id, ttl_s=600, now=time.time())
+
+    async def stored(kind: str, count: int) -> None:
+        def rows(c):
+            found = c.execute("SELECT subject, replay FROM stat_events WHERE room_id = ? AND kind = ?",
+                              (room_id, kind)).fetchall()
+            return [tuple(row) for row in found]
+        with trio.fail_after(10):
+            while True:
+                changed = stats.stored  # taken before reading: a store during the read sets it
+                found = await app.db.read(rows)
+                if len(found) >= count:
+                    return found
+                await changed.wait()
+
+    t0 = clock.now
+    async with connect(url, token=token(guests[0]), certificate_sha256=sha) as guest, \
+            connect(url, token=token(vera), certificate_sha256=sha) as account:
+        for viewer in (guest, account):
+            upstream = await viewer.subscribe(room_id, "video")
+            with trio.fail_after(10):
+                await upstream.accepted.wait()
+        joins = await stored("join", 2)
+        assert sorted(joins) == sorted([(guests[0], 0), (f"account:{vera}", 0)])
+        # The guest's page counts an impression with the same viewer token.
+        reply = await api.call("POST", f"/api/v1/rooms/{room_id}/events",
+                               {"type": "impression", "pin_id": "p1"}, token=token(guests[0]))
+        assert reply.status == 204, reply.body
+        clock.now = t0 + 20
+    await stored("leave", 2)
+    for order_id, buyer in (("o1", vera), ("o2", "someone-who-never-watched")):
+        view = {"id": order_id, "room_id": room_id, "buyer_id": buyer, "total": 900, "currency": "EUR"}
+        await app.plugins.notify("shopcast_order_placed", order=view)
+        await app.plugins.notify("shopcast_order_paid", order=view)
+    clock.now = t0 + 30
+    await _end(api, room_id, broadcast)
+    with trio.fail_after(10):
+        while app.recorder.recordings:
+            await app.recorder.flushed.wait()
+    clock.now = t0 + 40
+    async with connect(url, token=token(guests[1]), certificate_sha256=sha) as replayer:
+        await replayer.subscribe(room_id, "video")
+        joins = await stored("join", 3)
+        assert (guests[1], 1) in joins  # the server flagged it: replay=True reached the statistics
+        reply = await api.call("POST", f"/api/v1/rooms/{room_id}/events",
+                               {"type": "impression", "pin_id": "p1", "replay": True},
+                               token=token(guests[1]))
+        assert reply.status == 204, reply.body
+        clock.now = t0 + 50
+    await stored("leave", 3)
+    assert app.replays.replays_started == 1
+    report = (await api.call("GET", f"/api/v1/rooms/{room_id}/statistics", token=host)).body
+    live, replay = report["live"], report["replay"]
+    assert (live["unique_viewers"], live["sessions"], live["peak_concurrent"]) == (2, 2, 2)
+    assert live["average_watch_time_s"] == 20.0
+    assert (live["impressions"], replay["impressions"]) == (1, 1)
+    # Two paying buyers, one of whom watched: conversion 1 of 2 viewers.
+    assert (live["buyers"], live["conversion_rate"]) == (2, 0.5)
+    assert (replay["unique_viewers"], replay["sessions"], replay["average_watch_time_s"]) == (1, 1, 10.0)
+
+
+def _events():
+    from hypothesis import strategies as st
+
+    from shopcast.plugins._statistics import EventRow
+
+    subjects = st.sampled_from(["guest:g1", "account:guest:g1", "account:a1", "account:a2", "viewer:g2",
+                                "guest:g2", "account:a3", ""])
+    kinds = st.sampled_from(["join", "leave", "impression", "click", "share", "arrival", "chat",
+                             "order_placed", "order_paid", "order_refunded"])
+    return st.lists(st.builds(EventRow, at=st.floats(0, 400), kind=kinds, subject=subjects,
+                              replay=st.booleans(), order_id=st.sampled_from(["o1", "o2", "o3"]),
+                              amount_minor=st.integers(0, 10_000)), max_size=60)
+
+
+def test_the_figures_stay_within_their_bounds_whatever_the_events():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from shopcast.plugins._statistics import compute_statistics
+
+    @settings(max_examples=300, deadline=None)
+    @given(_events(), st.sets(st.sampled_from(["guest:g1", "account:a1", "viewer:g2", "account:a9"])))
+    def check(events, returning):
+        report = compute_statistics(events, started_at=100.0, ended_at=300.0, now=400.0, view_min_s=3.0,
+                                    activation_s=10.0, bucket_s=60, max_buckets=100, returning=returning)
+        for section in ("live", "replay"):
+            figures = report[section]
+            assert figures["conversion_rate"] is None or 0 <= figures["conversion_rate"] <= 1
+            assert figures["views"] <= figures["sessions"]
+            assert figures["unique_viewers"] <= figures["sessions"]
+        live, funnel = report["live"], report["funnel"]
+        assert live["average_watch_time_s"] <= report["live_length_s"]
+        assert funnel["retention"]["returning_viewers"] <= live["unique_viewers"]
+        assert funnel["activation"]["viewers_past_activation"] <= live["unique_viewers"]
+        for stage in ("retention", "activation"):
+            assert funnel[stage]["rate"] is None or 0 <= funnel[stage]["rate"] <= 1
+
+    check()
