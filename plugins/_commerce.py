@@ -1189,7 +1189,7 @@ class CommercePlugin(PinsMixin, OrdersMixin):
             raise HTTPError(404, "not_found", f"no room {room_id!r}", "room_id")
         # An ended room sells on from its replay while stock remains.
         replays = getattr(self.app, "replays", None)
-        from_replay = (room["state"] in ("ended", "replay") and replays is not None
+        from_replay = (room["state"] == "ended" and replays is not None
                        and await trio.to_thread.run_sync(replays.has_replay, room_id))
         if product is not None:
             veto = self.plugins.veto("shopcast_order_may_place", order={

@@ -26,6 +26,7 @@ from shopcast.plugins._api import (
     parse_time_untrusted,
 )
 from shopcast.plugins._hookspecs import hookimpl
+from shopcast.plugins._rooms import ROOM_STATES
 from shopcast.plugins._storage import Migration
 from shopcast.server._routing import Response
 
@@ -210,8 +211,7 @@ class DiscoveryPlugin:
                                "Scheduled to start at or after (RFC 3339)."),
                          Query("to", {"type": "string", "format": "date-time"},
                                "Scheduled to start at or before (RFC 3339)."),
-                         Query("state", {"type": "string", "enum": ["scheduled", "rehearsal", "live",
-                                                                    "ended", "any"]},
+                         Query("state", {"type": "string", "enum": [*ROOM_STATES, "any"]},
                                "Only rooms in this state; default: not ended."),
                          page, per_page),
                   responses={200: ("A page of rooms, best first.", rooms_page)})
@@ -253,7 +253,7 @@ class DiscoveryPlugin:
             raise field_error("to", "must not be before from")
         state = query.get("state")
         states = _NOT_OVER if state is None else (
-            ("scheduled", "rehearsal", "live", "ended", "replay") if state == "any" else (state,))
+            ROOM_STATES if state == "any" else (state,))
         hashtag = query["hashtag"].lstrip("#").lower() if "hashtag" in query else None
         rows, total = await self.db.read(lambda c: SearchStore.search(
             c, match=match, hashtag=hashtag, host=query.get("host"), start_from=start_from,
