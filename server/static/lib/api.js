@@ -59,11 +59,13 @@ export function viewerId() {
   return id;
 }
 
-/** Record a room event (impression, click, share, arrival); quiet when unsupported. */
-export function roomEvent(roomId, event) {
-  if (!token()) event = { ...event, viewer: viewerId() };
+/** Record a room event (impression, click, share, arrival); quiet when unsupported. Under the
+ * login token, else ``bearer`` (the room's viewer token), else with this browser's id. */
+export function roomEvent(roomId, event, { bearer } = {}) {
+  const auth = token() || bearer;
+  if (!auth) event = { ...event, viewer: viewerId() };
   fetch(`/api/v1/rooms/${encodeURIComponent(roomId)}/events`, {
-    method: "POST", headers: { "content-type": "application/json", ...(token() ? { authorization: `Bearer ${token()}` } : {}) },
+    method: "POST", headers: { "content-type": "application/json", ...(auth ? { authorization: `Bearer ${auth}` } : {}) },
     body: JSON.stringify(event), keepalive: true,
   }).catch(() => {});
 }
