@@ -220,6 +220,7 @@ function applyDue() {
 
 function applyCommerce(event) {
   if (event.type === "state") {
+    hook.states = (hook.states || 0) + 1;
     pins.clear();
     for (const pin of event.pins || []) pins.set(pin.id, pin);
   } else if (event.type === "pin") {
