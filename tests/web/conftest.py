@@ -135,8 +135,9 @@ def make_clip(ffmpeg, tmp_path):
 @pytest.fixture
 def go_live(nursery):
     """``await go_live(started, host_name, room_id, clip, loops)``: make the room's scheduled
-    start now, publish ``clip`` into it with shopcast.client (in the test's nursery) and wait
-    until the room is live. Returns a trio.Event set when the publish has ended."""
+    start now (one offset clock for the rooms and statistics plugins), publish ``clip`` into it with shopcast.client (in the test's nursery) and wait
+    until the room is live. Returns (a trio.Event set when the publish has ended, the
+    publish's trio.CancelScope, to stop it)."""
     import time
 
     import trio
@@ -146,23 +147,29 @@ def go_live(nursery):
 
         app = started.app
         rooms = app.plugins.get("rooms")
-        start = rooms._cache[room_id]["scheduled_start"]
-        previous = rooms.clock
-        rooms.clock = lambda: max(start, previous())
+        # The scheduled start is now: the rooms' and the statistics' clocks run on from it
+        # (the same clock, so that joins and orders fall within the live).
+        offset = max(0.0, rooms._cache[room_id]["scheduled_start"] - time.time())
+        rooms.clock = lambda: time.time() + offset
+        statistics = app.plugins.get("statistics")
+        if statistics is not None:
+            statistics.clock = rooms.clock
         token = app.tokens.mint(subject=host_name, role="host", room=room_id, ttl_s=600, now=time.time())
         done = trio.Event()
+        scope = trio.CancelScope()
 
         async def publish() -> None:
             try:
-                async with connect(f"https://127.0.0.1:{started.port}/moq", token=token,
-                                   certificate_sha256=app.certificate.sha256_hex) as client:
-                    await client.publish_flv(room_id, clip, loops=loops)
+                with scope:
+                    async with connect(f"https://127.0.0.1:{started.port}/moq", token=token,
+                                       certificate_sha256=app.certificate.sha256_hex) as client:
+                        await client.publish_flv(room_id, clip, loops=loops)
             finally:
                 done.set()
 
         nursery.start_soon(publish)
         with trio.fail_after(15):
             await rooms.wait_for_state(room_id, "live")
-        return done
+        return done, scope
 
     return run
