@@ -100,11 +100,13 @@ def _room_body(title: str, *, orientation: str = "landscape", base: str = "", st
     """The body of POST /api/v1/rooms for a page test's room."""
     import time
 
-    return {"title": title, "scheduled_start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + start_in_s)),
+    body = {"title": title, "scheduled_start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + start_in_s)),
             "duration_s": 1800, "keywords": ["test"], "hashtags": list(hashtags),
-            "cover_image_url": f"{base}/static/img/product.svg" if base else "",
             "description": f"{title}.", "orientation": orientation, "language": "en", "region": "ES",
             "target_regions": [], "team": []}
+    if base:
+        body["cover_image_url"] = f"{base}/static/img/product.svg"
+    return body
 
 
 @pytest.fixture

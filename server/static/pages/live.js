@@ -79,7 +79,6 @@ async function loadRoom() {
     room = page.room;
     setShape(room.orientation === "portrait" ? 9 : 16, room.orientation === "portrait" ? 16 : 9);
     document.title = `${room.title} · shopcast`;
-    if (page.share_url) shareUrl.value = `${page.share_url}`;
     const host = room.host || {};
     const figures = el("p", { class: "muted host-figures", id: "host-figures" });
     const follow = el("button", { type: "button", id: "follow", "aria-pressed": "false", hidden: true }, t("follow"));
@@ -171,6 +170,7 @@ async function startPlayer(broadcast) {
     : new RoomPlayer(videoBox, { broadcast, moqPath: settings.moqPath, latencyMs: settings.playerLatencyMs,
       token: mediaToken, announced: !replay });
   hook.player = player;
+  hook.playerStarts = (hook.playerStarts || 0) + 1;
   hook.stats = () => player.stats();
   player.onTrack("viewers", (payload) => showViewers(decode(payload)));
   player.onTrack("chat", (payload) => applyBatch(decode(payload)), () => {});
