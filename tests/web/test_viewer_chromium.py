@@ -154,6 +154,12 @@ async def test_registration_chat_view_counts_and_mute_between_browsers(web_serve
         ctx_b, bob = await _new_page(browser, base, log)
         await alice.goto("/register")
         await alice.screenshot(path=str(artifacts / "register.png"))
+        # The terms of service are this server's page, at the version to accept.
+        version = await alice.locator("#terms-version").text_content()
+        terms_href = await alice.locator("#terms-link").get_attribute("href")
+        await alice.goto(terms_href)
+        terms_shown = await alice.locator("#terms-version").text_content()
+        await alice.screenshot(path=str(artifacts / "terms.png"), full_page=True)
         await register_and_login(alice, "alice")
         await register_and_login(bob, "bob")
         # Both watch: two viewers, seen by both.
@@ -214,9 +220,10 @@ async def test_registration_chat_view_counts_and_mute_between_browsers(web_serve
         await bob.screenshot(path=str(artifacts / "live-muted.png"))
         for context in (ctx_a, ctx_b, ctx_c):
             await context.close()
-        return counts, answer, notice, alice_still_sees_own, author, log
+        return counts, answer, notice, alice_still_sees_own, author, (terms_href, version, terms_shown), log
 
-    counts, answer, notice, alice_still_sees_own, author, log = await run_browser(scenario)
+    counts, answer, notice, alice_still_sees_own, author, terms, log = await run_browser(scenario)
+    assert terms == ("/terms", app.config.accounts.terms_version, f"Version {app.config.accounts.terms_version}"), terms
     assert author == "Alice", "chat shows the account's display name"
     assert counts == [3, 3], _tail(log)
     assert answer["type"] == "ok", answer
@@ -228,8 +235,9 @@ async def test_every_page_renders_in_both_languages(web_server, web_api, run_bro
     base = f"https://127.0.0.1:{web_server.port}"
     token = await web_api.user("pagebuyer", "audience")
     account = (await web_api.call("GET", "/api/v1/me", token=token)).body
+    # The statistics and replay pages of a real ended room: test_ended_room_chromium.py.
     pages = ["/", "/upcoming", "/search?q=shoes", "/login", "/register", "/profile", "/orders",
-             "/orders/o-none", "/rooms/demo/stats", "/embed/demo", "/replay/demo"]
+             "/orders/o-none", "/embed/demo", "/replay/demo"]
 
     async def scenario(browser):
         log: list[str] = []
