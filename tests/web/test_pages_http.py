@@ -47,14 +47,23 @@ async def test_settings_in_the_shell_come_from_config(server_factory, make_clien
 
     from shopcast.server._config import ConfigError, load_config
 
-    started = await server_factory({"web": {"player_latency_ms": 420, "chat_messages_shown": 7},
+    started = await server_factory({"web": {"player_latency_ms": 420, "chat_messages_shown": 7,
+                                            "order_poll_interval_s": 0.5, "order_poll_max": 9,
+                                            "datagram_tick_ms": 7, "datagram_nack_after_ms": 33,
+                                            "datagram_held_packets_max": 77, "datagram_frames_pending_max": 55,
+                                            "datagram_audio_ahead_max_s": 0.25},
                                     "demo": {"enabled": False}})
     body = (await make_client(started).call("GET", "/live/room1")).body
     settings = json.loads(html.unescape(re.search(r'data-settings="([^"]*)"', body).group(1)))
     assert settings["playerLatencyMs"] == 420 and settings["chatMessagesShown"] == 7
+    assert (settings["orderPollIntervalS"], settings["orderPollMax"]) == (0.5, 9)
+    assert settings["datagram"] == {"tickMs": 7, "nackAfterMs": 33, "heldPacketsMax": 77,
+                                    "framesPendingMax": 55, "audioAheadMaxS": 0.25}
     assert settings["demoRoom"] is None
     with pytest.raises(ConfigError, match="player_latency_ms"):
         load_config(environ={}, overrides={"web": {"player_latency_ms": -1}})
+    with pytest.raises(ConfigError, match="datagram_tick_ms"):
+        load_config(environ={}, overrides={"web": {"datagram_tick_ms": 0}})
 
 
 @pytest.mark.parametrize("role", ["audience", "host"])

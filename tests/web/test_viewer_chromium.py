@@ -357,10 +357,17 @@ async def test_datagram_mode_plays_the_demo_room(web_server, run_browser, artifa
                 behind_ms.append((edge_us - shown_us) / 1000)
             await page.wait_for_timeout(100)
         await page.screenshot(path=str(artifacts / "live-datagram.png"))
+        limits = await page.evaluate("() => window.shopcast.player.limits")
         await context.close()
-        return first, later, sorted(behind_ms), log
+        return first, later, sorted(behind_ms), limits, log
 
-    first, later, behind_ms, log = await run_browser(scenario)
+    first, later, behind_ms, limits, log = await run_browser(scenario)
+    web = web_server.app.config.web
+    # The player's bounds are the config's ([web] datagram_*), not constants of its own.
+    assert limits == {"tickMs": web.datagram_tick_ms, "nackAfterMs": web.datagram_nack_after_ms,
+                      "heldPacketsMax": web.datagram_held_packets_max,
+                      "framesPendingMax": web.datagram_frames_pending_max,
+                      "audioAheadMaxS": web.datagram_audio_ahead_max_s}, limits
     print(f"datagram mode: {later['stats']}")
     if behind_ms:
         print(f"datagram mode: picture behind the relay's live edge: p50 {behind_ms[len(behind_ms) // 2]:.0f} ms, "

@@ -166,7 +166,7 @@ async function startPlayer(broadcast) {
   mediaToken ??= await roomViewerToken();
   hook.viewerToken = mediaToken;
   player = datagramMode
-    ? new DatagramPlayer(videoBox, { broadcast, path: settings.datagramPath, latencyMs: settings.playerLatencyMs, token: mediaToken })
+    ? new DatagramPlayer(videoBox, { broadcast, path: settings.datagramPath, latencyMs: settings.playerLatencyMs, token: mediaToken, limits: settings.datagram })
     : new RoomPlayer(videoBox, { broadcast, moqPath: settings.moqPath, latencyMs: settings.playerLatencyMs,
       token: mediaToken, announced: !replay });
   hook.player = player;
