@@ -49,11 +49,11 @@ function figure(id, label, value, text) {
   return [el("dt", {}, label), el("dd", { id, dataset: { value: JSON.stringify(value ?? null) } }, text)];
 }
 
-function group(section, title, rows, data) {
+function group(section, title, rows, data, currency) {
   return el("section", { class: "stat-group", "aria-label": title }, el("h3", {}, title),
     el("dl", { class: "figures" }, ...rows.filter(([key]) => key in data).map(([key, label, kind]) =>
       figure(`stat-${section}-${key}`, t(label), data[key],
-        kind === "gmv" ? gmv(data[key], data.currency) : KINDS[kind](data[key])))));
+        kind === "gmv" ? gmv(data[key], data.currency || currency) : KINDS[kind](data[key])))));
 }
 
 function funnel(f, currency) {
@@ -68,14 +68,14 @@ function funnel(f, currency) {
         `${number.format(f.retention.returning_viewers)} (${KINDS.rate(f.retention.rate)})`),
       ...figure("stat-funnel-referral", t("referral"), f.referral.shares, number.format(f.referral.shares)),
       ...figure("stat-funnel-revenue", t("revenue"), f.revenue.gmv_minor,
-        `${gmv(f.revenue.gmv_minor, currency)} · ${number.format(f.revenue.paid_orders)} ${t("paid_orders")}`)));
+        `${gmv(f.revenue.gmv_minor, currency)} (${t("paid_orders")}: ${number.format(f.revenue.paid_orders)})`)));
 }
 
 function timelineTable(report) {
   const rows = report.timeline || [];
   return el("table", { id: "stats-timeline" },
     el("caption", { class: "muted" }, `${t("st_timeline")} (${duration(report.timeline_bucket_s)})`),
-    el("thead", {}, el("tr", {}, ...["bucket", "started_at", "viewers", "chat_messages", "orders_n"].map((k) => el("th", { scope: "col" }, t(k))))),
+    el("thead", {}, el("tr", {}, ...["bucket", "started_at", "peak_concurrent", "chat_messages", "orders_n"].map((k) => el("th", { scope: "col" }, t(k))))),
     el("tbody", {}, ...rows.map((row, i) => el("tr", {},
       el("td", {}, String(i + 1)), el("td", {}, when(row.start)),
       el("td", {}, number.format(row.viewers)), el("td", {}, number.format(row.chat_messages)), el("td", {}, number.format(row.orders))))));
@@ -120,7 +120,7 @@ try {
       group("live", t("st_audience"), AUDIENCE, report.live), group("live", t("st_commerce"), COMMERCE, report.live)),
     funnel(report.funnel, currency),
     el("section", { id: "stats-replay", class: "stat-section", "aria-label": t("st_replay") }, el("h2", {}, t("st_replay")),
-      group("replay", t("st_audience"), AUDIENCE, report.replay), group("replay", t("st_commerce"), COMMERCE, report.replay)));
+      group("replay", t("st_audience"), AUDIENCE, report.replay), group("replay", t("st_commerce"), COMMERCE, report.replay, currency)));
   // The chart needs the same Bearer token, so it is fetched and shown from a blob.
   const chartSection = el("section", { id: "stats-chart-section", "aria-label": t("chart") }, el("h2", {}, t("chart")));
   main.append(chartSection);
