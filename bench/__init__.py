@@ -29,6 +29,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--suite", action="append", choices=SUITES + OPTIONAL_SUITES,
                         help="run only this suite (repeatable); default: all but "
                              + ", ".join(OPTIONAL_SUITES))
+    parser.add_argument("--subscribers", action="append", type=_positive_int, metavar="N",
+                        help="fan-out: subscribers per run (repeatable; default 10 and 50, 10 with --quick)")
+    parser.add_argument("--bitrate-mbps", type=_positive_float, default=2.0, metavar="MBPS",
+                        help="fan-out and latency: each viewer's bitrate in Mbit/s (default 2)")
     arguments = parser.parse_args(argv)
     if arguments.config:
         # Refused here, before minutes of other suites, with the message `shopcast serve` gives.
@@ -50,7 +54,7 @@ def main(argv: list[str]) -> int:
     records: list[Record] = []
     try:
         for suite in suites:
-            records += _run_suite(suite, arguments.quick, arguments.config)
+            records += _run_suite(suite, arguments)
             if arguments.json:  # rewritten after each suite, so a failure later keeps these
                 _write_json(arguments.json, records)
     finally:
@@ -69,17 +73,34 @@ def _write_json(path: str, records: list[Record]) -> None:
         output.write(to_json(records) + "\n")
 
 
-def _run_suite(suite: str, quick: bool, config: str | None) -> list[Record]:
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError("must be from 1 to 10000")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0.01 <= value <= 1000:
+        raise argparse.ArgumentTypeError("must be from 0.01 to 1000")
+    return value
+
+
+def _run_suite(suite: str, arguments: argparse.Namespace) -> list[Record]:
+    quick, config = arguments.quick, arguments.config
+    bitrate_bps = int(arguments.bitrate_mbps * 1_000_000)
     # Imported here so that `--help` does not pay for numba.
     if suite == "micro":
         from shopcast.bench import _micro
         return _micro.run(quick, progress=sys.stderr, config=config)
     if suite == "fanout":
         from shopcast.bench import _fanout
-        return _fanout.run(quick, progress=sys.stderr, config=config)
+        return _fanout.run(quick, progress=sys.stderr, config=config, bitrate_bps=bitrate_bps,
+                           subscriber_counts=tuple(arguments.subscribers or ()) or None)
     if suite == "latency":
         from shopcast.bench import _latency, _rtmp_latency
-        return (_latency.run(quick, progress=sys.stderr, config=config)
+        return (_latency.run(quick, progress=sys.stderr, config=config, bitrate_bps=bitrate_bps)
                 + _rtmp_latency.run(quick, progress=sys.stderr, config=config))
     if suite == "chat":
         from shopcast.bench import _chat

@@ -36,11 +36,14 @@ GSO_SEGMENTS = 32
 MBIT = 1_000_000
 
 
-def _pin(core: int):
-    """A preexec_fn that pins the child to ``core`` when the machine has it."""
+def _pin(index: int):
+    """A preexec_fn that pins the child to the ``index``-th core this process may use, when
+    there is one (a container's CPU set need not start at core 0)."""
     def pin() -> None:
-        if hasattr(os, "sched_setaffinity") and core < os.cpu_count():
-            os.sched_setaffinity(0, {core})
+        if hasattr(os, "sched_getaffinity"):
+            cores = sorted(os.sched_getaffinity(0))
+            if index < len(cores):
+                os.sched_setaffinity(0, {cores[index]})
     return pin
 
 
@@ -202,44 +205,50 @@ def run(quick: bool, progress: TextIO, config: str | None = None,
                 relay.stdout.close()
 
             print("bench fanout: floor (UDP sendto, GSO)", file=progress)
-            floor = _floor(ours["packets"])
-            tag = f"{n}-subs"
-            name = f"fanout/{tag}/shopcast/cpu-per-packet"
-            records += [
-                Record("fanout", name, ours["us_per_packet"], "us/packet"),
-                Record("fanout", f"fanout/{tag}/baseline/cpu-per-packet", baseline["us_per_packet"],
-                       "us/packet"),
-                Record("fanout", f"fanout/{tag}/floor/sendto", floor["sendto"], "us/packet"),
-                # Ratios are cost ratios: how many times the compared figure's cost.
-                Record("fanout", f"fanout/{tag}/shopcast-vs-floor", ours["us_per_packet"] / floor["sendto"],
-                       "x cost", against=f"fanout/{tag}/floor/sendto",
-                       ratio=ours["us_per_packet"] / floor["sendto"]),
-                Record("fanout", f"fanout/{tag}/shopcast-vs-baseline",
-                       ours["us_per_packet"] / baseline["us_per_packet"], "x cost",
-                       against=f"fanout/{tag}/baseline/cpu-per-packet",
-                       ratio=ours["us_per_packet"] / baseline["us_per_packet"]),
-            ]
-            if "gso" in floor:
-                records.append(Record("fanout", f"fanout/{tag}/floor/gso", floor["gso"], "us/packet"))
-                records.append(Record("fanout", f"fanout/{tag}/shopcast-vs-gso",
-                                      ours["us_per_packet"] / floor["gso"], "x cost",
-                                      against=f"fanout/{tag}/floor/gso",
-                                      ratio=ours["us_per_packet"] / floor["gso"]))
-            for label, result in (("shopcast", ours), ("baseline", baseline)):
-                records += [
-                    Record("fanout", f"fanout/{tag}/{label}/packets-per-s", result["packets_per_s"], "packets/s"),
-                    Record("fanout", f"fanout/{tag}/{label}/loss", result["loss"] * 100, "%"),
-                    Record("fanout", f"fanout/{tag}/{label}/delay-p50", result["delay_p50_ms"], "ms"),
-                    Record("fanout", f"fanout/{tag}/{label}/delay-p99", result["delay_p99_ms"], "ms"),
-                    Record("fanout", f"fanout/{tag}/{label}/memory-per-subscriber",
-                           result["rss_per_subscriber"] / 1024, "KiB"),
-                ]
-            # A 2 Mbit/s viewer needs this many 1200-byte packets a second; one
-            # core's worth of CPU at the measured cost serves this many viewers.
-            packets_per_viewer = 2 * MBIT / 8 / PACKET_BYTES
-            records.append(Record("fanout", f"fanout/{tag}/shopcast/viewers-per-core-at-2mbps",
-                                  1e6 / (ours["us_per_packet"] * packets_per_viewer), "viewers"))
-            records.append(Record("fanout", f"fanout/{tag}/baseline/viewers-per-core-at-2mbps",
-                                  1e6 / (baseline["us_per_packet"] * packets_per_viewer), "viewers"))
+            records += fanout_records(n, ours, baseline, _floor(ours["packets"]), bitrate_bps)
     return records
 
+
+def fanout_records(n: int, ours: dict, baseline: dict, floor: dict[str, float],
+                   bitrate_bps: int) -> list[Record]:
+    """The figures of one fan-out run with ``n`` subscribers: shopcast's and the baseline's
+    cost and delivery, the floor, and the cost ratios and viewers per core that follow."""
+    records: list[Record] = []
+    tag = f"{n}-subs"
+    name = f"fanout/{tag}/shopcast/cpu-per-packet"
+    records += [
+        Record("fanout", name, ours["us_per_packet"], "us/packet"),
+        Record("fanout", f"fanout/{tag}/baseline/cpu-per-packet", baseline["us_per_packet"],
+               "us/packet"),
+        Record("fanout", f"fanout/{tag}/floor/sendto", floor["sendto"], "us/packet"),
+        # Ratios are cost ratios: how many times the compared figure's cost.
+        Record("fanout", f"fanout/{tag}/shopcast-vs-floor", ours["us_per_packet"] / floor["sendto"],
+               "x cost", against=f"fanout/{tag}/floor/sendto",
+               ratio=ours["us_per_packet"] / floor["sendto"]),
+        Record("fanout", f"fanout/{tag}/shopcast-vs-baseline",
+               ours["us_per_packet"] / baseline["us_per_packet"], "x cost",
+               against=f"fanout/{tag}/baseline/cpu-per-packet",
+               ratio=ours["us_per_packet"] / baseline["us_per_packet"]),
+    ]
+    if "gso" in floor:
+        records.append(Record("fanout", f"fanout/{tag}/floor/gso", floor["gso"], "us/packet"))
+        records.append(Record("fanout", f"fanout/{tag}/shopcast-vs-gso",
+                              ours["us_per_packet"] / floor["gso"], "x cost",
+                              against=f"fanout/{tag}/floor/gso",
+                              ratio=ours["us_per_packet"] / floor["gso"]))
+    for label, result in (("shopcast", ours), ("baseline", baseline)):
+        records += [
+            Record("fanout", f"fanout/{tag}/{label}/packets-per-s", result["packets_per_s"], "packets/s"),
+            Record("fanout", f"fanout/{tag}/{label}/loss", result["loss"] * 100, "%"),
+            Record("fanout", f"fanout/{tag}/{label}/delay-p50", result["delay_p50_ms"], "ms"),
+            Record("fanout", f"fanout/{tag}/{label}/delay-p99", result["delay_p99_ms"], "ms"),
+            Record("fanout", f"fanout/{tag}/{label}/memory-per-subscriber",
+                   result["rss_per_subscriber"] / 1024, "KiB"),
+        ]
+    # A viewer at the run's bitrate needs this many 1200-byte packets a
+    # second; one core's worth of CPU at the measured cost serves this many.
+    packets_per_viewer = bitrate_bps / 8 / PACKET_BYTES
+    for label, result in (("shopcast", ours), ("baseline", baseline)):
+        records.append(Record("fanout", f"fanout/{tag}/{label}/viewers-per-core-at-{bitrate_bps / MBIT:g}mbps",
+                              1e6 / (result["us_per_packet"] * packets_per_viewer), "viewers"))
+    return records

@@ -36,3 +36,9 @@ def format_table(records: list[Record]) -> str:
 def to_json(records: list[Record]) -> str:
     """The records as a JSON list of objects."""
     return json.dumps([dataclasses.asdict(record) for record in records], indent=2)
+
+
+def percentile(values, q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values`` by the nearest-rank rule; -1.0 when empty."""
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))]) if ordered else -1.0

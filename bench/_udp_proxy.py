@@ -69,3 +69,23 @@ class UdpProxy:
                 data = await upstream.recv(DATAGRAM_BYTES)
                 if self._passes():
                     await listener.sendto(data, client)
+
+
+def _main(argv: list[str]) -> None:
+    """``python -m shopcast.bench._udp_proxy UPSTREAM_PORT LOSS SEED``: a lossy relay process
+    in front of 127.0.0.1:UPSTREAM_PORT; prints ``PORT <n>`` once listening, runs until killed."""
+    upstream_port, loss, seed = int(argv[0]), float(argv[1]), int(argv[2])
+    proxy = UdpProxy(("127.0.0.1", upstream_port), loss=loss, seed=seed)
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(proxy.run)
+            print(f"PORT {port}", flush=True)
+
+    trio.run(serve)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])

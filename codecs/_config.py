@@ -98,6 +98,17 @@ class MediaConfig:
         default=4.0,
         metadata={"min": 0.0, "max": 100.0, "unit": "ratio", "help": "playout delay per unit of measured jitter"},
     )
+    late_delay_headroom: float = dataclasses.field(
+        default=1.25,
+        metadata={"min": 1.0, "max": 10.0, "unit": "ratio",
+                  "help": "playout delay learnt from a packet too late for its frame, per unit of how long "
+                          "that frame took"},
+    )
+    late_delay_decay_s: float = dataclasses.field(
+        default=10.0,
+        metadata={"min": 0.001, "max": 3600.0, "unit": "s",
+                  "help": "time the playout delay learnt from late packets takes to wear off"},
+    )
 
     def __post_init__(self) -> None:
         # Ranges of single keys are the loader's job (it reads the metadata);

@@ -52,14 +52,17 @@ C_DELAY_MIN_US = 7
 C_DELAY_MAX_US = 8
 C_VIDEO = 9
 C_TRACK = 10
-C_COLUMNS = 11
+C_LATE_DECAY_US = 11
+C_COLUMNS = 12
 
 # fst: float64 configuration and state.
 X_BACKOFF = 0
 X_JITTER_FACTOR = 1
 X_JITTER_US = 2
 X_TARGET_US = 3
-X_COLUMNS = 4
+X_LATE_US = 4  # playout delay learnt from packets too late for their frame, wearing off
+X_LATE_HEADROOM = 5
+X_COLUMNS = 6
 
 # st: int64 state and counters.
 S_STARTED = 0
@@ -111,10 +114,11 @@ F_GROUP = 8
 F_KEY = 9
 F_SEEN_US = 10  # when the buffer first knew the frame exists
 F_HAVE = 11  # data fragments received or recovered
-F_LEFT = 12  # 0 while waiting; DELIVERED or SKIPPED once it left
+F_LEFT = 12  # 0 while waiting; DELIVERED, SKIPPED or SKIPPED_FOR_KEY once it left
 F_COLUMNS = 13
 DELIVERED = 1
-SKIPPED = 2
+SKIPPED = 2  # given up at its deadline (or to make room)
+SKIPPED_FOR_KEY = 3  # video: dropped while waiting for the next keyframe, whatever its timing
 
 # Caps the backoff so that factor ** retries cannot overflow int64 microseconds.
 _MAX_NACK_WAIT_US = 60_000_000.0
@@ -192,10 +196,11 @@ def _skip_head(cfg, st, pk, fr):
     known = fr[fs, F_SEQ] == st[S_NEXT_FRAME] and fr[fs, F_KNOWN]
     if cfg[C_VIDEO] and st[S_WAIT_KEY] and known and not fr[fs, F_KEY]:
         st[S_SKIPPED_KEY] += 1
-    else:
-        st[S_SKIPPED] += 1
-        if cfg[C_VIDEO]:
-            st[S_WAIT_KEY] = 1
+        _retire_head(SKIPPED_FOR_KEY, cfg, st, pk, fr)
+        return
+    st[S_SKIPPED] += 1
+    if cfg[C_VIDEO]:
+        st[S_WAIT_KEY] = 1
     _retire_head(SKIPPED, cfg, st, pk, fr)
 
 
@@ -293,6 +298,10 @@ def ingest_kernel(data, offsets, lengths, arrivals_us, cfg, st, fst, pk, pp, fr)
                 st[S_UNNEEDED] += 1
             else:
                 st[S_LATE] += 1
+                if fr[fs, F_SEQ] == ext_frame and fr[fs, F_LEFT] == SKIPPED:
+                    # Its frame was given up at the deadline: the delay was too short.
+                    needed = float(arrival_us - fr[fs, F_SEEN_US]) * fst[X_LATE_HEADROOM]
+                    fst[X_LATE_US] = max(fst[X_LATE_US], min(needed, float(cfg[C_DELAY_MAX_US])))
             continue
         # Make room: frames too old for the rings are skipped, never overwritten.
         while ext_frame - st[S_NEXT_FRAME] >= frames:
@@ -359,6 +368,10 @@ def ingest_kernel(data, offsets, lengths, arrivals_us, cfg, st, fst, pk, pp, fr)
         if pk[slot, P_NACKS] > 0:
             st[S_RESEND] += 1
         elif st[S_HAVE_LAST]:
+            if fst[X_LATE_US] > 0.0:
+                elapsed = float(max(arrival_us - st[S_LAST_ARRIVAL_US], 0))
+                fst[X_LATE_US] = max(fst[X_LATE_US] - fst[X_LATE_US] * min(elapsed / cfg[C_LATE_DECAY_US], 1.0),
+                                     0.0)
             # RFC 3550 section 6.4.1 interarrival jitter; resent packets would
             # measure the NACK round trip, not the network, so they are left out.
             transit_change = (arrival_us - st[S_LAST_ARRIVAL_US]) - (ts - st[S_LAST_TS_US])
@@ -427,7 +440,7 @@ def release_kernel(now_us, cfg, st, fst, pk, pp, fr, out, meta):
             st[S_DELIVERED] += 1
             _retire_head(DELIVERED, cfg, st, pk, fr)
             continue
-        if now_us >= fr[fs, F_SEEN_US] + np.int64(fst[X_TARGET_US]):
+        if now_us >= fr[fs, F_SEEN_US] + np.int64(max(fst[X_TARGET_US], fst[X_LATE_US])):
             _skip_head(cfg, st, pk, fr)
             continue
         break
@@ -482,7 +495,8 @@ class JitterStatistics:
     frames_skipped_to_keyframe: int  #: video frames dropped after a loss in their group
     nacks_sent: int  #: sequence numbers requested, retries included
     jitter_us: float  #: RFC 3550 interarrival jitter estimate (µs)
-    target_delay_us: float  #: current playout delay (µs), adapted to the jitter
+    target_delay_us: float  #: playout delay adapted to the jitter (µs)
+    late_delay_us: float  #: playout delay learnt from late packets, wearing off (µs); the larger of the two holds
 
 
 class JitterBuffer:
@@ -513,7 +527,9 @@ class JitterBuffer:
         if not 0 <= track <= 0xFFFF:
             raise ValueError(f"track must fit 16 bits, not {track}")
         self._cfg[C_TRACK] = track
+        self._cfg[C_LATE_DECAY_US] = max(1, round(config.late_delay_decay_s * 1_000_000))
         self._fst = np.zeros(X_COLUMNS, dtype=np.float64)
+        self._fst[X_LATE_HEADROOM] = config.late_delay_headroom
         self._fst[X_BACKOFF] = config.nack_backoff_factor
         self._fst[X_JITTER_FACTOR] = config.jitter_delay_factor
         self._fst[X_TARGET_US] = config.target_delay_initial_ms * 1000
@@ -537,6 +553,8 @@ class JitterBuffer:
                 nack_backoff_factor=config.nack_backoff_factor, delay_min_us=int(self._cfg[C_DELAY_MIN_US]),
                 delay_max_us=int(self._cfg[C_DELAY_MAX_US]), jitter_delay_factor=config.jitter_delay_factor,
                 target_delay_us=float(self._fst[X_TARGET_US]), video=video, track=track,
+                late_delay_headroom=config.late_delay_headroom,
+                late_delay_decay_us=int(self._cfg[C_LATE_DECAY_US]),
             )
 
     def push_batch(self, data, offsets, lengths, arrivals_us) -> int:
@@ -600,13 +618,16 @@ class JitterBuffer:
         if self._twin is not None:
             counts = self._twin.counts
             jitter_us, target_delay_us = self._twin.jitter_us, self._twin.target_us
+            late_delay_us = self._twin.late_us
         else:
             counts = {name: int(self._st[column]) for name, column in _COUNTER_COLUMNS.items()}
             jitter_us, target_delay_us = float(self._fst[X_JITTER_US]), float(self._fst[X_TARGET_US])
+            late_delay_us = float(self._fst[X_LATE_US])
         return JitterStatistics(
             received=counts["received"], lost=counts["lost"], recovered_fec=counts["fec"],
             recovered_resend=counts["resend"], late=counts["late"], unneeded=counts["unneeded"],
             duplicate=counts["duplicate"], malformed=counts["malformed"], frames_delivered=counts["delivered"],
             frames_skipped=counts["skipped"], frames_skipped_to_keyframe=counts["skipped_key"],
             nacks_sent=counts["nacks"], jitter_us=jitter_us, target_delay_us=target_delay_us,
+            late_delay_us=late_delay_us,
         )

@@ -42,7 +42,7 @@ class _Frame:
     seen_us: int
     described: tuple | None = None  # (base, count, size, stride, fec_k, ts, group, key) once a packet came
     have: int = 0
-    left: str = ""  # "", "delivered" or "skipped"
+    left: str = ""  # "", "delivered", "skipped" (deadline, or to make room) or "skipped for key"
 
 
 def _seq_offset(index: int, fec_k: int) -> int:
@@ -68,7 +68,8 @@ class JitterTwin:
     def __init__(self, *, ring_packets: int, ring_frames: int, max_stride_bytes: int, max_frame_bytes: int,
                  reorder_window_packets: int, nack_retry_limit: int, nack_retry_interval_us: int,
                  nack_backoff_factor: float, delay_min_us: int, delay_max_us: int, jitter_delay_factor: float,
-                 target_delay_us: float, video: bool, track: int) -> None:
+                 target_delay_us: float, video: bool, track: int, late_delay_headroom: float,
+                 late_delay_decay_us: int) -> None:
         self.ring = ring_packets
         self.ring_frames = ring_frames
         self.max_stride = max_stride_bytes
@@ -90,6 +91,9 @@ class JitterTwin:
         self.wait_key = False
         self.jitter_us = 0.0
         self.target_us = target_delay_us
+        self.late_us = 0.0
+        self.late_headroom = late_delay_headroom
+        self.late_decay_us = late_delay_decay_us
         self.counts = dict.fromkeys(
             ("received", "duplicate", "late", "unneeded", "lost", "fec", "resend", "malformed", "delivered",
              "skipped", "skipped_key", "nacks"), 0)
@@ -126,10 +130,11 @@ class JitterTwin:
         described = frame.described if frame is not None else None
         if self.video and self.wait_key and described is not None and not described[7]:
             self.counts["skipped_key"] += 1
-        else:
-            self.counts["skipped"] += 1
-            if self.video:
-                self.wait_key = True
+            self._retire("skipped for key")
+            return
+        self.counts["skipped"] += 1
+        if self.video:
+            self.wait_key = True
         self._retire("skipped")
 
     # -- FEC
@@ -193,6 +198,9 @@ class JitterTwin:
         if frame_seq < self.next_frame or seq <= self.high_seq - self.ring or base < self.low_seq:
             old = self.frames.get(frame_seq)
             self.counts["unneeded" if old is not None and old.left == "delivered" else "late"] += 1
+            if old is not None and old.left == "skipped":
+                needed = float(arrival_us - old.seen_us) * self.late_headroom
+                self.late_us = max(self.late_us, min(needed, float(self.delay_max_us)))
             return 0
         while frame_seq - self.next_frame >= self.ring_frames:
             self._skip()
@@ -235,6 +243,9 @@ class JitterTwin:
             self.counts["resend"] += 1
         else:
             if self.last is not None:
+                if self.late_us > 0.0:
+                    elapsed = float(max(arrival_us - self.last[0], 0))
+                    self.late_us = max(self.late_us - self.late_us * min(elapsed / self.late_decay_us, 1.0), 0.0)
                 transit_change = (arrival_us - self.last[0]) - (ts - self.last[1])
                 self.jitter_us += (abs(transit_change) - self.jitter_us) / 16.0
                 desired = min(max(self.jitter_factor * self.jitter_us, self.delay_min_us), self.delay_max_us)
@@ -284,7 +295,7 @@ class JitterTwin:
                 self.counts["delivered"] += 1
                 self._retire("delivered")
                 continue
-            if now_us >= frame.seen_us + int(self.target_us):
+            if now_us >= frame.seen_us + int(max(self.target_us, self.late_us)):
                 self._skip()
                 continue
             break

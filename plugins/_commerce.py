@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
 import sqlite3
@@ -36,7 +37,7 @@ from typing import Any
 
 import trio
 from shopcast.plugins._accounts import subject_digest
-from shopcast.plugins._api import ANONYMOUS, Api, field_error, format_time
+from shopcast.plugins._api import ANONYMOUS, Api, Query, _is_web_url, field_error, format_time
 from shopcast.plugins._demo_shop import demo_room
 from shopcast.plugins._hookspecs import hookimpl
 from shopcast.plugins._orders import OrdersMixin, OrderStore
@@ -46,8 +47,10 @@ from shopcast.plugins._pins import COMMERCE_TRACK, PinsMixin, PinStore, flash_wi
 from shopcast.plugins._storage import Migration
 from shopcast.server._log import get_logger
 from shopcast.server._routing import HTTPError, Response
+from shopcast.server._static import _etag_matches_untrusted as etag_matches_untrusted
 
-__all__ = ["CommercePlugin", "CommerceStore", "fold_untrusted", "price_order", "restricted_match"]
+__all__ = ["CommercePlugin", "CommerceStore", "ImageStore", "fold_untrusted", "price_order",
+           "restricted_match", "sniff_image_untrusted"]
 
 log = get_logger("commerce")
 
@@ -62,6 +65,11 @@ HOLDING_STATES = ("pending", "paid", "confirmed", "shipped", "delivered", "compl
 SOLD_STATES = ("paid", "confirmed", "shipped", "delivered", "completed")
 """Orders that are sales (paid, not given back)."""
 _EDITABLE_ROOM_STATES = ("scheduled", "rehearsal")
+IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+"""The product image types accepted, and the file extension each is kept under."""
+IMAGE_PATH = "/api/v1/product-images/"
+"""Where an uploaded product image is served: IMAGE_PATH + <sha256>.<extension>."""
+_IMAGE_NAME = re.compile(r"([0-9a-f]{64})\.(png|jpg|webp)")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 MIGRATIONS = [
@@ -197,6 +205,13 @@ CREATE TABLE complaints (
 );
 CREATE INDEX complaints_order ON complaints(order_id, created_at);
 """),
+    Migration("commerce", 3, """
+ALTER TABLE complaints ADD COLUMN resolution TEXT;
+ALTER TABLE complaints ADD COLUMN resolved_at REAL;
+ALTER TABLE complaints ADD COLUMN resolved_by TEXT;
+ALTER TABLE orders ADD COLUMN refund_reason TEXT;
+CREATE INDEX products_external_ref ON products(external_ref);
+"""),
 ]
 
 
@@ -251,6 +266,48 @@ def price_order(unit_price: int, quantity: int, coupon: dict[str, Any] | None) -
             raise ValueError(f"unknown coupon kind {coupon['kind']!r}")
     discount = min(discount, subtotal)
     return subtotal, discount, subtotal - discount
+
+
+def sniff_image_untrusted(body: bytes) -> str | None:
+    """The image type the bytes start with (PNG, JPEG or WebP magic), or None."""
+    if body.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if body.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if len(body) >= 12 and body[:4] == b"RIFF" and body[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+class ImageStore:
+    """Product images in ``data_dir/product-images``, named by the SHA-256 of
+    their bytes: the same image uploaded twice is kept once, and a name never
+    changes content (so it is served immutable). Blocking: call from a thread."""
+
+    def __init__(self, root: os.PathLike[str] | str) -> None:
+        self.root = os.fspath(root)
+
+    def save(self, body: bytes, content_type: str) -> str:
+        """Keep ``body``; returns its file name ``<sha256>.<extension>``."""
+        name = f"{hashlib.sha256(body).hexdigest()}.{IMAGE_TYPES[content_type]}"
+        path = os.path.join(self.root, name)
+        if not os.path.exists(path):
+            os.makedirs(self.root, exist_ok=True)
+            temporary = f"{path}.{secrets.token_hex(4)}.tmp"
+            with open(temporary, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)  # whole or absent, even after a crash
+        return name
+
+    def path_untrusted(self, name: str) -> str | None:
+        """The file of an image name from a URL, or None when the name is not
+        one of ours or no such image was kept."""
+        if not _IMAGE_NAME.fullmatch(name):
+            return None
+        path = os.path.join(self.root, name)
+        return path if os.path.isfile(path) else None
 
 
 class GroupCommit:
@@ -353,6 +410,14 @@ class CommerceStore:
         return product
 
     @staticmethod
+    def update_product(c: sqlite3.Connection, product_id: str, fields: dict[str, Any]) -> None:
+        """Set some of title, description, category, brand, images, external_ref."""
+        values = {k: json.dumps(v) if k == "images" else v for k, v in fields.items()}
+        if values:
+            c.execute(f"UPDATE products SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
+                      (*values.values(), product_id))
+
+    @staticmethod
     def room_product_ids(c: sqlite3.Connection, room_id: str) -> list[str]:
         return [r[0] for r in c.execute("SELECT product_id FROM room_products WHERE room_id = ? "
                                         "ORDER BY added_at, product_id", (room_id,))]
@@ -408,6 +473,11 @@ class CommerceStore:
                   (subject_digest(account_id), account_id))
         c.execute("DELETE FROM coupons WHERE owner_id = ?", (account_id,))
         c.execute("DELETE FROM products WHERE owner_id = ?", (account_id,))
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 # --- views ----------------------------------------------------------------------------------
@@ -484,6 +554,7 @@ class CommercePlugin(PinsMixin, OrdersMixin):
     @hookimpl
     async def shopcast_startup(self, app: Any, nursery: trio.Nursery) -> None:
         self.db = app.db
+        self.images = ImageStore(app.data_dir / "product-images")
         self._buy_commits = GroupCommit(self.db, self.cfg.buy_batch_max)
         nursery.start_soon(self._buy_commits.serve)
         await self._start_payments(app, nursery)
@@ -523,6 +594,8 @@ class CommercePlugin(PinsMixin, OrdersMixin):
         expired = await self.db.write(run)
         for order in expired:
             log.info("hold_expired", order=order["id"], sku=order["sku_id"], quantity=order["quantity"])
+            # The payment page refuses it from now on (a payment that won the race is refunded).
+            await self.provider.cancel_intents(order["id"], "hold_expired")
             await self.plugins.notify("shopcast_order_cancelled", order=_order_view(order),
                                       reason="hold_expired")
         return expired
@@ -556,13 +629,16 @@ class CommercePlugin(PinsMixin, OrdersMixin):
                                 "description": "Units one buyer may hold or buy; default "
                                                "commerce.per_buyer_limit_default."},
         }
+        sku_fields_edit = {k: v for k, v in sku_fields.items() if k != "currency"}
         product_fields = {
             "title": {"type": "string", "minLength": 1, "maxLength": cfg.title_max_chars},
             "description": {"type": "string", "maxLength": cfg.description_max_chars},
             "category": {"type": "string", "minLength": 1, "maxLength": cfg.name_max_chars},
             "brand": {"type": "string", "maxLength": cfg.name_max_chars},
             "images": {"type": "array", "maxItems": cfg.images_max,
-                       "items": {"type": "string", "format": "uri", "maxLength": url_max}},
+                       "items": {"type": "string", "minLength": 1, "maxLength": url_max},
+                       "description": "http(s) URLs, or /api/v1/product-images/<name> of images "
+                                      "uploaded with POST /api/v1/products/{product_id}/images."},
             "external_ref": {"type": "string", "minLength": 1, "maxLength": cfg.name_max_chars,
                              "description": "The platform's own id of the product."},
             "skus": {"type": "array", "minItems": 1, "maxItems": cfg.skus_max,
@@ -598,6 +674,57 @@ class CommercePlugin(PinsMixin, OrdersMixin):
         api.route("GET", "/api/v1/products/{product_id}", self.show_product, name="products_show",
                   tag=tag, roles=EVERYONE, summary="A product with its variants and stock.",
                   responses={200: ("The product.", product)})
+        api.route("GET", "/api/v1/products", self.list_products, name="products_list", tag=tag,
+                  roles=("host", "service", "operator"),
+                  query=(Query("external_ref", {"type": "string", "minLength": 1,
+                                                "maxLength": cfg.name_max_chars},
+                               "Only products with this external reference (the platform's id)."),),
+                  summary="The caller's products, newest first (operators: everyone's), at most "
+                          "commerce.products_page_max.",
+                  responses={200: ("The products.", {"type": "object", "required": ["products"],
+                                                     "properties": {"products": {
+                                                         "type": "array", "items": product}}})})
+        edit_fields = {k: product_fields[k] for k in ("title", "description", "category", "brand",
+                                                       "images", "external_ref")}
+        api.route("PATCH", "/api/v1/products/{product_id}", self.edit_product, name="products_edit",
+                  tag=tag, roles=("host", "service", "operator"),
+                  request={"type": "object", "additionalProperties": False, "minProperties": 1,
+                           "properties": {**edit_fields, "price": {
+                               **minor, "description": "The price of every variant (minor units); "
+                                                       "one variant's: PATCH its skus/{sku_id}."}}},
+                  example={"title": "Trail runner 2 (2026)", "price": 5499},
+                  summary="Change a product (its owner, operators); the restricted goods "
+                          "catalogue is checked again.",
+                  responses={200: ("The product.", product),
+                             409: ("The product would match the restricted goods catalogue "
+                                   "(the message names the rule).", error)})
+        api.route("PATCH", "/api/v1/products/{product_id}/skus/{sku_id}", self.edit_sku,
+                  name="products_sku_edit", tag=tag, roles=("host", "service", "operator"),
+                  request={"type": "object", "additionalProperties": False, "minProperties": 1,
+                           "properties": sku_fields_edit},
+                  example={"stock": 250},
+                  summary="Restock or reprice a variant (the product's owner, operators): stock is "
+                          "the number left to sell; units held by pending orders stay held.",
+                  responses={200: ("The product.", product)})
+        api.route("POST", "/api/v1/products/{product_id}/images", self.upload_image,
+                  name="products_image_upload", tag=tag, roles=("host", "service", "operator"),
+                  description="The body is the image itself (Content-Type image/png, image/jpeg "
+                              "or image/webp, at most commerce.image_max_bytes). It is kept in the "
+                              "data directory under its SHA-256 and added to the product's images.",
+                  summary="Upload a product image (the product's owner, operators).",
+                  responses={201: ("The image's URL and the product.", {
+                                 "type": "object", "required": ["url", "product"],
+                                 "properties": {"url": {"type": "string"}, "product": product}}),
+                             409: ("The product has commerce.images_max images.", error),
+                             413: ("The image is larger than commerce.image_max_bytes.", error),
+                             415: ("Not a PNG, JPEG or WebP image, or not the declared type.",
+                                   error)})
+        api.route("GET", IMAGE_PATH + "{name}", self.serve_image, name="product_images_show",
+                  tag=tag, roles=EVERYONE, content_type="image/*",
+                  summary="An uploaded product image (image/png, image/jpeg or image/webp), "
+                          "cached immutable for commerce.image_max_age_s; ETag and 304.",
+                  responses={200: ("The image.", {"type": "string", "format": "binary"}),
+                             304: ("Not modified (If-None-Match).", None)})
         room_products = {"type": "object", "required": ["room_id", "products"],
                          "properties": {"room_id": {"type": "string"},
                                         "products": {"type": "array", "items": product}}}
@@ -679,7 +806,7 @@ class CommercePlugin(PinsMixin, OrdersMixin):
                                                                 "discount", "total", "total_minor")},
                            **{k: {"type": ["string", "null"]} for k in (
                                "coupon_code", "paid_at", "pin_id", "tracking_number", "carrier",
-                               "updated_at")},
+                               "updated_at", "refund_reason")},
                            "state": {"type": "string", "enum": list(ORDER_STATES),
                                      "description": "The same as status (kept for early clients)."},
                            "status": {"type": "string", "enum": list(ORDER_STATES)}}})
@@ -752,6 +879,7 @@ class CommercePlugin(PinsMixin, OrdersMixin):
         names = [s["name"] for s in body["skus"]]
         if len(set(names)) != len(names):
             raise field_error("skus", "variant names must differ")
+        await self._check_images(body.get("images", []))
         now = time.time()
         product = {"id": "p" + secrets.token_hex(8), "owner_id": owner_id, "title": body["title"],
                    "description": body.get("description", ""), "category": body["category"],
@@ -763,6 +891,148 @@ class CommercePlugin(PinsMixin, OrdersMixin):
 
     async def show_product(self, request, claims, body, query, product_id: str) -> Response:
         return Response.json(_product_view(await self._product(product_id)))
+
+    async def list_products(self, request, claims, body, query) -> Response:
+        """The caller's products (an operator: everyone's), by external reference."""
+        owner = None
+        if claims.role != "operator":
+            owner = await self._seller_id(claims)
+        limit = self.cfg.products_page_max
+        external_ref = query.get("external_ref")
+
+        def load(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            sql, args = "SELECT id FROM products WHERE 1 = 1", []
+            if owner is not None:
+                sql += " AND owner_id = ?"
+                args.append(owner)
+            if external_ref is not None:
+                sql += " AND external_ref = ?"
+                args.append(external_ref)
+            ids = [r[0] for r in c.execute(sql + " ORDER BY created_at DESC, id LIMIT ?", (*args, limit))]
+            return [CommerceStore.product(c, i) for i in ids]
+
+        return Response.json({"products": [_product_view(p) for p in await self.db.read(load)]})
+
+    async def _seller_id(self, claims: Any) -> str:
+        """The owner id the caller's products carry (a platform's: service:<subject>)."""
+        if claims.role == "service":
+            return "service:" + claims.subject
+        return (await self.plugins.get("accounts").require_account(claims))["id"]
+
+    async def _own_product(self, claims: Any, product_id: str) -> dict[str, Any]:
+        """The product, when the caller may change it: its owner (the account or
+        platform that added it) or an operator; else 403."""
+        product = await self._product(product_id)
+        if claims.role != "operator" and product["owner_id"] != await self._seller_id(claims):
+            raise HTTPError(403, "not_your_product", "only the product's owner and operators may "
+                            "change it", "product_id")
+        return product
+
+    async def _check_images(self, images: list[str]) -> None:
+        """Each image is an outside http(s) URL or one uploaded here (which must exist)."""
+        for index, url in enumerate(images):
+            if url.startswith(IMAGE_PATH):
+                name = url[len(IMAGE_PATH):]
+                if await trio.to_thread.run_sync(self.images.path_untrusted, name) is None:
+                    raise field_error(f"images[{index}]", f"no uploaded image {name!r}; upload it "
+                                      "with POST /api/v1/products/{product_id}/images")
+            elif not _is_web_url(url):
+                raise field_error(f"images[{index}]", "expected an http:// or https:// URL, or "
+                                  f"{IMAGE_PATH}<name> of an uploaded image")
+
+    async def edit_product(self, request, claims, body, query, product_id: str) -> Response:
+        product = await self._own_product(claims, product_id)
+        fields = {k: body[k] for k in ("title", "description", "category", "brand", "images",
+                                        "external_ref") if k in body}
+        if not fields and "price" not in body:
+            raise field_error("body", "name at least one field to change")
+        if "images" in fields:
+            await self._check_images(fields["images"])
+        # The restricted goods catalogue applies to the product as it would become.
+        rule = restricted_match({**product, **fields}, await self._rules())
+        if rule is not None:
+            raise HTTPError(409, "restricted_goods", f"the product would match {_rule_text(rule)}; "
+                            "nothing was changed", next(iter(fields), "product_id"))
+
+        def edit(c: sqlite3.Connection) -> None:
+            CommerceStore.update_product(c, product_id, fields)
+            if "price" in body:
+                c.execute("UPDATE skus SET price = ? WHERE product_id = ?", (body["price"], product_id))
+
+        await self.db.write(edit)
+        return Response.json(_product_view(await self._product(product_id)))
+
+    async def edit_sku(self, request, claims, body, query, product_id: str, sku_id: str) -> Response:
+        product = await self._own_product(claims, product_id)
+        if sku_id not in {s["id"] for s in product["skus"]}:
+            raise HTTPError(404, "not_found", f"no variant {sku_id!r} of product {product_id}", "sku_id")
+        fields = {k: body[k] for k in ("name", "price", "stock", "per_buyer_limit") if k in body}
+        if not fields:
+            raise field_error("body", "name at least one field to change")
+
+        def edit(c: sqlite3.Connection) -> None:
+            if "name" in fields and c.execute("SELECT 1 FROM skus WHERE product_id = ? AND name = ? "
+                                              "AND id != ?", (product_id, fields["name"], sku_id)).fetchone():
+                raise field_error("name", "another variant of the product has this name")
+            if fields:
+                # stock is what is left to sell now: held units stay held.
+                c.execute(f"UPDATE skus SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
+                          (*fields.values(), sku_id))
+
+        await self.db.write(edit)
+        log.info("sku_edited", product=product_id, sku=sku_id, fields=sorted(fields))
+        return Response.json(_product_view(await self._product(product_id)))
+
+    async def upload_image(self, request, claims, body, query, product_id: str) -> Response:
+        await self._own_product(claims, product_id)
+        cfg = self.cfg
+        declared = (request.header("content-type") or "").split(";")[0].strip().lower()
+        if declared not in IMAGE_TYPES:
+            raise HTTPError(415, "unsupported_media_type", f"Content-Type {declared or 'none'!r}: "
+                            f"expected one of {', '.join(IMAGE_TYPES)}", "Content-Type")
+        data = request.body
+        if len(data) > cfg.image_max_bytes:
+            raise HTTPError(413, "image_too_large", f"the image has {len(data)} bytes; at most "
+                            f"{cfg.image_max_bytes} (commerce.image_max_bytes)", "body")
+        found = sniff_image_untrusted(data)
+        if found is None:
+            raise HTTPError(415, "not_an_image", "the body is not a PNG, JPEG or WebP image "
+                            "(its first bytes are not one of theirs)", "body")
+        if found != declared:
+            raise HTTPError(415, "unsupported_media_type", f"the body is {found} but Content-Type "
+                            f"says {declared}", "Content-Type")
+        name = await trio.to_thread.run_sync(self.images.save, data, found)
+        url = IMAGE_PATH + name
+        limit = cfg.images_max
+
+        def attach(c: sqlite3.Connection) -> None:
+            images = json.loads(c.execute("SELECT images FROM products WHERE id = ?",
+                                          (product_id,)).fetchone()[0])
+            if url in images:
+                return
+            if len(images) >= limit:
+                raise HTTPError(409, "images_full", f"a product has at most {limit} images "
+                                "(commerce.images_max); remove one with PATCH first", "body")
+            CommerceStore.update_product(c, product_id, {"images": [*images, url]})
+
+        await self.db.write(attach)
+        log.info("product_image", product=product_id, image=name, bytes=len(data))
+        return Response.json({"url": url, "product": _product_view(await self._product(product_id))},
+                             status=201)
+
+    async def serve_image(self, request, claims, body, query, name: str) -> Response:
+        path = await trio.to_thread.run_sync(self.images.path_untrusted, name)
+        if path is None:
+            raise HTTPError(404, "not_found", f"no product image {name!r}", "name")
+        etag = '"' + name.split(".")[0] + '"'
+        headers = (("cache-control", f"public, max-age={self.cfg.image_max_age_s}, immutable"),
+                   ("etag", etag))
+        if etag_matches_untrusted(request.header("if-none-match"), etag):
+            return Response(304, headers)
+        data = await trio.to_thread.run_sync(_read_bytes, path)
+        content_type = next(t for t, ext in IMAGE_TYPES.items() if name.endswith("." + ext))
+        return Response(200, (("content-type", content_type), ("x-content-type-options", "nosniff"),
+                              *headers), data)
 
     async def list_room_products(self, request, claims, body, query, room_id: str) -> Response:
         if demo_room(self.app, room_id) is None:

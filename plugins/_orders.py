@@ -75,6 +75,7 @@ def order_view(o: dict[str, Any]) -> dict[str, Any]:
             "pin_id": o.get("pin_id"), "state": o["state"], "status": o["state"],
             "payment_state": o.get("payment_state", "none"),
             "tracking_number": o.get("tracking_number"), "carrier": o.get("carrier"),
+            "refund_reason": o.get("refund_reason"),
             "created_at": format_time(o["created_at"]), "expires_at": format_time(o["expires_at"]),
             "hold_expires_at": format_time(o["expires_at"]), "paid_at": format_time(o["paid_at"]),
             "updated_at": format_time(o.get("updated_at"))}
@@ -161,6 +162,16 @@ class OrdersMixin:
                 resend.append(order["id"])
             elif order is None or order["state"] not in KEEPS_PAYMENT or order["intent_id"] != intent.id:
                 refund.append(intent.id)
+        now = self.clock()
+
+        def note(c: sqlite3.Connection) -> None:
+            for intent in intents:
+                order = OrderStore.get(c, intent.order_id)
+                if intent.id in refund and order is not None:
+                    _note_unpayable(c, order, intent.id, now)
+
+        if refund:
+            await self.db.write(note)
         for intent_id in refund:
             try:
                 await self.provider.refund(intent_id)
@@ -218,7 +229,18 @@ class OrdersMixin:
                                  409: ("The order's current status does not allow it (named).", error)})
         complaint = {"type": "object", "properties": {
             "id": {"type": "string"}, "order_id": {"type": "string"}, "text": {"type": "string"},
-            "state": {"type": "string"}, "created_at": {"type": "string"}}}
+            "state": {"type": "string", "enum": ["open", "resolved"]}, "created_at": {"type": "string"},
+            "resolution": {"type": ["string", "null"]}, "resolved_at": {"type": ["string", "null"]}}}
+        api.route("POST", "/api/v1/complaints/{complaint_id}/resolve", self.resolve_complaint,
+                  name="complaints_resolve", tag=tag, roles=("host", "operator", "service"),
+                  request={"type": "object", "additionalProperties": False, "required": ["resolution"],
+                           "properties": {"resolution": {"type": "string", "minLength": 1,
+                                                         "maxLength": cfg.complaint_max_chars}}},
+                  example={"resolution": "A replacement was sent with tracking 1Z999AA10123456785."},
+                  summary="Resolve a complaint with a text the buyer sees (the room's owner, "
+                          "operators, the platform).",
+                  responses={200: ("The complaint, resolved.", complaint),
+                             409: ("The complaint is resolved already.", error)})
         api.route("POST", "/api/v1/orders/{order_id}/complaints", self.add_complaint,
                   name="orders_complain", tag=tag, roles=("viewer", "host", "operator"),
                   request={"type": "object", "additionalProperties": False, "required": ["text"],
@@ -348,6 +370,11 @@ class OrdersMixin:
 
         def move(c: sqlite3.Connection) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
             before = OrderStore.get(c, order_id)
+            if (target == "cancelled" and before is not None and before["state"] in ("paid", "confirmed")
+                    and before["payment_state"] == "succeeded"):
+                # Marked before the provider is asked, so its refund event,
+                # however fast, always comes after (and wins).
+                fields.update(payment_state="refund_pending", refund_reason="order_cancelled")
             after = OrderStore.move(c, order_id, sources, target, now, actor, note or action, **fields)
             if after is not None and (target == "returned" or (
                     target == "cancelled" and before["state"] in ("pending", "paid", "confirmed"))):
@@ -361,28 +388,45 @@ class OrdersMixin:
         if after is None:
             raise _status_conflict(before, action, sources)
         await self._tell(after, before["state"])
-        if target == "cancelled" and before["state"] in ("paid", "confirmed") and after["intent_id"]:
-            await self.provider.refund(after["intent_id"])
-            await self.db.write(lambda c: c.execute(
-                "UPDATE orders SET payment_state = 'refund_pending' WHERE id = ?", (order_id,)))
-            after = await self.db.read(lambda c: OrderStore.get(c, order_id))
+        if target == "cancelled" and before["state"] == "pending":
+            await self.provider.cancel_intents(order_id, "order_cancelled")
+        if after["payment_state"] == "refund_pending" and before["payment_state"] == "succeeded":
+            try:
+                await self.provider.refund(after["intent_id"])
+            except HTTPError as exc:
+                # Reconciliation refunds a succeeded payment of a cancelled order later.
+                log.error("refund_failed", intent=after["intent_id"], reason=exc.message)
         return after
 
     async def _refund(self, order: dict[str, Any], actor: str) -> dict[str, Any]:
-        if order["intent_id"] is None or order["payment_state"] != "succeeded":
-            raise HTTPError(409, "not_refundable", f"the order's payment is {order['payment_state']}; "
+        refusal = HTTPError(409, "not_refundable", f"the order's payment is {order['payment_state']}; "
                             "only a succeeded payment is refunded", "order_id")
-        await self.provider.refund(order["intent_id"])
+        if order["intent_id"] is None or order["payment_state"] != "succeeded":
+            raise refusal
         now = self.clock()
 
-        def mark(c: sqlite3.Connection) -> dict[str, Any]:
-            c.execute("UPDATE orders SET payment_state = 'refund_pending', updated_at = ? WHERE id = ?",
-                      (now, order["id"]))
+        def mark(c: sqlite3.Connection) -> dict[str, Any] | None:
+            # Only from succeeded: marked before the provider is asked, so its
+            # refund event (which sets refunded) always comes after.
+            if c.execute("UPDATE orders SET payment_state = 'refund_pending', refund_reason = "
+                         "'seller_refund', updated_at = ? WHERE id = ? AND payment_state = 'succeeded'",
+                         (now, order["id"])).rowcount != 1:
+                return None
             OrderStore.log(c, order["id"], now, order["state"], actor, "refund requested")
             return OrderStore.get(c, order["id"])
 
+        marked = await self.db.write(mark)
+        if marked is None:
+            raise refusal
+        try:
+            await self.provider.refund(order["intent_id"])
+        except HTTPError:
+            await self.db.write(lambda c: c.execute(
+                "UPDATE orders SET payment_state = 'succeeded', refund_reason = NULL WHERE id = ? "
+                "AND payment_state = 'refund_pending'", (order["id"],)))
+            raise
         # The status becomes refunded when the provider's verified event arrives.
-        return order_view(await self.db.write(mark))
+        return order_view(marked)
 
     async def _tell(self, order: dict[str, Any], previous: str) -> None:
         view = order_view(order)
@@ -406,7 +450,8 @@ class OrdersMixin:
             if c.execute("SELECT count(*) FROM complaints WHERE order_id = ?", (order_id,)).fetchone()[0] >= limit:
                 raise HTTPError(409, "too_many_complaints", f"at most {limit} complaints per order "
                                 "(commerce.complaints_per_order_max)", "text")
-            c.execute("INSERT INTO complaints VALUES (?, ?, ?, ?, ?, ?)", tuple(complaint.values()))
+            c.execute(f"INSERT INTO complaints ({', '.join(complaint)}) VALUES "
+                      f"({', '.join('?' * len(complaint))})", tuple(complaint.values()))
             OrderStore.log(c, order_id, now, order["state"], actor, "complaint " + complaint["id"])
 
         await self.db.write(add)
@@ -414,6 +459,45 @@ class OrdersMixin:
                                                                      "complaint": _complaint_view(complaint)},
                                   previous=order["state"])
         return Response.json(_complaint_view(complaint), status=201)
+
+    async def resolve_complaint(self, request, claims, body, query, complaint_id: str) -> Response:
+        found = await self.db.read(lambda c: c.execute(
+            "SELECT * FROM complaints WHERE id = ?", (complaint_id,)).fetchone())
+        order = found and await self.db.read(lambda c: OrderStore.get(c, found["order_id"]))
+        missing = HTTPError(404, "not_found", f"no complaint {complaint_id!r} of yours", "complaint_id")
+        if found is None or order is None:
+            raise missing
+        actor = f"{claims.role}:{claims.subject}"
+        if claims.role not in ("operator", "service"):
+            account = await self.plugins.get("accounts").require_account(claims)
+            actor = account["id"]
+            try:
+                room = await self.plugins.get("rooms").get(order["room_id"])
+            except HTTPError:
+                room = None
+            if room is None or room["owner_id"] != account["id"]:
+                if order["buyer_id"] == account["id"]:
+                    raise HTTPError(403, "not_allowed", "the room's owner or an operator resolves a "
+                                    "complaint, not its author", "complaint_id")
+                raise missing
+        now = self.clock()
+
+        def resolve(c: sqlite3.Connection) -> dict[str, Any] | None:
+            if c.execute("UPDATE complaints SET state = 'resolved', resolution = ?, resolved_at = ?, "
+                         "resolved_by = ? WHERE id = ? AND state = 'open'",
+                         (body["resolution"], now, actor, complaint_id)).rowcount != 1:
+                return None
+            OrderStore.log(c, order["id"], now, order["state"], actor, "complaint resolved " + complaint_id)
+            return dict(c.execute("SELECT * FROM complaints WHERE id = ?", (complaint_id,)).fetchone())
+
+        resolved = await self.db.write(resolve)
+        if resolved is None:
+            raise HTTPError(409, "complaint_resolved", f"complaint {complaint_id} is resolved already",
+                            "complaint_id")
+        view = _complaint_view(resolved)
+        await self.plugins.notify("shopcast_order_updated", order={**order_view(order), "complaint": view},
+                                  previous=order["state"])
+        return Response.json(view)
 
     async def list_complaints(self, request, claims, body, query, order_id: str) -> Response:
         await self._order_and_parties(claims, order_id)
@@ -547,24 +631,35 @@ class OrdersMixin:
         if data["status"] not in ("shipped", "delivered"):
             raise field_error("status", "expected 'shipped' or 'delivered'")
         now = self.clock()
-        seen = await self.db.write(lambda c: c.execute(
-            "INSERT OR IGNORE INTO payment_events_seen VALUES (?, ?, ?, ?, ?)",
-            ("logistics:" + data["event_id"], "logistics." + data["status"], data["order_id"], now,
-             "applied")).rowcount)
-        if not seen:
-            return Response.json({"received": True, "outcome": "duplicate"})
-        order = await self.db.read(lambda c: OrderStore.get(c, data["order_id"]))
-        if order is None:
-            raise HTTPError(404, "not_found", f"no order {data['order_id']!r}", "order_id")
         action = "ship" if data["status"] == "shipped" else "deliver"
         sources, target, _ = TRANSITIONS[action]
-        if order["state"] not in sources:
-            raise _status_conflict(order, action, sources)
         fields = {}
         if action == "ship":
             fields = {"tracking_number": data.get("tracking_number"), "carrier": data.get("carrier")}
-        moved = await self._move(order["id"], sources, target, "logistics", action, **fields)
-        return Response.json({"received": True, "outcome": target, "order": order_view(moved)})
+
+        def apply(c: sqlite3.Connection) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+            """(order before, after); the event id is remembered only with its
+            effect, so a refused event's retry is applied once it can be.
+            Raising rolls both back."""
+            if c.execute("SELECT 1 FROM payment_events_seen WHERE event_id = ?",
+                         ("logistics:" + data["event_id"],)).fetchone():
+                return None, None
+            before = OrderStore.get(c, data["order_id"])
+            if before is None:
+                raise HTTPError(404, "not_found", f"no order {data['order_id']!r}", "order_id")
+            after = OrderStore.move(c, before["id"], sources, target, now, "logistics", action, **fields)
+            if after is None:
+                raise _status_conflict(before, action, sources)
+            c.execute("INSERT INTO payment_events_seen VALUES (?, ?, ?, ?, ?)",
+                      ("logistics:" + data["event_id"], "logistics." + data["status"], before["id"],
+                       now, target))
+            return before, after
+
+        before, after = await self.db.write(apply)
+        if after is None:
+            return Response.json({"received": True, "outcome": "duplicate"})
+        await self._tell(after, before["state"])
+        return Response.json({"received": True, "outcome": target, "order": order_view(after)})
 
 
 def _apply_to_order(c: sqlite3.Connection, event: Any, order: dict[str, Any] | None,
@@ -575,10 +670,14 @@ def _apply_to_order(c: sqlite3.Connection, event: Any, order: dict[str, Any] | N
     if event.amount_minor != order["total"] or event.currency != order["currency"]:
         return "amount_mismatch", None
     if event.type == "payment_intent.succeeded":
+        if order["state"] in KEEPS_PAYMENT and order["intent_id"] == event.intent_id:
+            # Another event about the payment that already paid it: nothing to do.
+            return "duplicate_payment", None
         moved = OrderStore.move(c, order["id"], ("pending",), "paid", now, "payments",
                                 f"payment {event.intent_id}", paid_at=now, payment_state="succeeded",
                                 intent_id=event.intent_id) if order["expires_at"] > now else None
         if moved is None:
+            _note_unpayable(c, order, event.intent_id, now)
             return "refund_unpayable", None
         return "paid", moved
     if event.type == "payment_intent.payment_failed":
@@ -603,6 +702,27 @@ def _apply_to_order(c: sqlite3.Connection, event: Any, order: dict[str, Any] | N
     return "refunded", moved if target != previous else None
 
 
+def _note_unpayable(c: sqlite3.Connection, order: dict[str, Any], intent_id: str, now: float) -> None:
+    """Record on the order that a payment it could not take is refunded
+    automatically, and why (shown as ``refund_reason`` and in its history)."""
+    if order["payment_state"] in ("succeeded", "refund_pending", "refunded"):
+        # The order has a payment of its own (kept, or being refunded already).
+        if order["intent_id"] != intent_id:
+            OrderStore.log(c, order["id"], now, order["state"], "payments",
+                           f"another payment {intent_id} refunded automatically: the order "
+                           "already had one")
+        return
+    if order["state"] == "pending":
+        reason = "hold_expired"  # past its time, not yet swept
+    else:
+        reason = "hold_expired" if order["state"] == "expired" else f"order_{order['state']}"
+    c.execute("UPDATE orders SET refund_reason = ?, payment_state = 'refund_pending', intent_id = ?, "
+              "updated_at = ? WHERE id = ?", (reason, intent_id, now, order["id"]))
+    OrderStore.log(c, order["id"], now, order["state"], "payments",
+                   f"payment {intent_id} arrived after the order was {order['state']} "
+                   f"({reason}): refunded automatically")
+
+
 _ALL_STATES = ("pending", "paid", "confirmed", "shipped", "delivered", "completed", "cancelled",
                "refunded", "returned", "expired")
 SOLD = ("paid", "confirmed", "shipped", "delivered", "completed")
@@ -617,7 +737,8 @@ def _status_conflict(order: dict[str, Any], action: str, sources: tuple[str, ...
 
 def _complaint_view(c: dict[str, Any]) -> dict[str, Any]:
     return {"id": c["id"], "order_id": c["order_id"], "text": c["text"], "state": c["state"],
-            "created_at": format_time(c["created_at"])}
+            "created_at": format_time(c["created_at"]), "resolution": c.get("resolution"),
+            "resolved_at": format_time(c.get("resolved_at"))}
 
 
 def _bind_action(handler, action: str):

@@ -112,7 +112,13 @@ CREATE TABLE payment_events_seen (
 );
 CREATE INDEX payment_events_seen_age ON payment_events_seen(received_at);
 """),
+    Migration("payments", 2, """
+ALTER TABLE payment_intents ADD COLUMN expires_at REAL;
+"""),
 ]
+CANCEL_REASONS = {"hold_expired": "the order's hold expired before it was paid",
+                  "order_cancelled": "the order was cancelled"}
+"""Why an intent was cancelled, as the hosted page tells the buyer."""
 
 
 # --- money ----------------------------------------------------------------------------------
@@ -263,6 +269,11 @@ class PaymentProvider(Protocol):
         """Refund a succeeded intent in full; the outcome arrives as a
         ``charge.refunded`` event."""
 
+    async def cancel_intents(self, order_id: str, reason: str) -> int:
+        """Cancel the order's intents not paid yet (its hold expired, it was
+        cancelled: a key of CANCEL_REASONS): the payment page refuses them
+        and charges nothing. Returns how many were cancelled."""
+
     def verify_event_untrusted(self, headers: Mapping[str, str], body: bytes, now: float) -> PaymentEvent:
         """The event of a webhook request, or SignatureError/ValueError."""
 
@@ -371,7 +382,7 @@ class TestProvider:
                       "order_id": order["id"], "amount_minor": order["total"],
                       "currency": order["currency"], "state": "requires_payment_method",
                       "return_url": return_url, "card_last4": None, "decline_reason": None,
-                      "created_at": now, "updated_at": now}
+                      "created_at": now, "updated_at": now, "expires_at": order.get("expires_at")}
             c.execute(f"INSERT INTO payment_intents ({', '.join(intent)}) VALUES "
                       f"({', '.join('?' * len(intent))})", tuple(intent.values()))
             return intent
@@ -397,6 +408,13 @@ class TestProvider:
 
         await self.db.write(refund)
         self._wake.set()
+
+    async def cancel_intents(self, order_id: str, reason: str) -> int:
+        now = self.clock()
+        return await self.db.write(lambda c: c.execute(
+            "UPDATE payment_intents SET state = 'cancelled', decline_reason = ?, updated_at = ? "
+            "WHERE order_id = ? AND state IN ('requires_payment_method', 'failed')",
+            (reason, now, order_id)).rowcount)
 
     def verify_event_untrusted(self, headers: Mapping[str, str], body: bytes, now: float) -> PaymentEvent:
         verify_signature_untrusted(self.secret, headers.get(SIGNATURE_HEADER), body, now=now,
@@ -470,14 +488,35 @@ class TestProvider:
                    f'<p><a href="{html.escape(url)}">Back to your order</a></p>')
         return self._page(title, content, status, refresh_url=url)
 
+    def _closed_page(self, intent: dict[str, Any]) -> Response | None:
+        """The page of an intent that can no longer be paid (cancelled, or past
+        the order's hold): nothing is charged. None while it can be paid."""
+        reason = None
+        if intent["state"] == "cancelled":
+            reason = intent["decline_reason"]
+        elif (intent["state"] in ("requires_payment_method", "failed") and intent.get("expires_at")
+              and self.clock() >= intent["expires_at"]):
+            reason = "hold_expired"
+        if reason is None:
+            return None
+        text = CANCEL_REASONS.get(reason, "the order can no longer be paid")
+        return self._done(intent, "Payment not possible", f"This payment cannot be made: {text}. "
+                          "Nothing was charged.", 409)
+
     async def payment_page(self, request: Request, intent_id: str) -> Response:
         intent = await self._load(intent_id)
+        closed = self._closed_page(intent)
+        if closed is not None:
+            return closed
         if intent["state"] in ("succeeded", "processing", "refunded"):
             return self._done(intent, "Already paid", f"This payment is {intent['state']}.")
         return self._page("Pay", self._form(intent))
 
     async def submit_payment(self, request: Request, intent_id: str) -> Response:
         intent = await self._load(intent_id)
+        closed = self._closed_page(intent)
+        if closed is not None:
+            return closed
         cfg = self.cfg
         if len(request.body) > cfg.form_max_bytes:
             return self._page("Pay", self._form(intent, "The form is too large."), 413)
@@ -499,10 +538,12 @@ class TestProvider:
 
         def pay(c: sqlite3.Connection) -> str | None:
             # One payment per intent, however many submissions race.
+            # Not once cancelled, nor past the order's hold (the seller cannot take it).
             if c.execute("UPDATE payment_intents SET state = ?, card_last4 = ?, decline_reason = ?, "
-                         "updated_at = ? WHERE id = ? AND state IN ('requires_payment_method', 'failed')",
+                         "updated_at = ? WHERE id = ? AND state IN ('requires_payment_method', 'failed') "
+                         "AND (expires_at IS NULL OR expires_at > ?)",
                          (state, card[-4:], "card_declined" if behaviour == "decline" else None, now,
-                          intent_id)).rowcount != 1:
+                          intent_id, now)).rowcount != 1:
                 return None
             if behaviour == "decline":
                 return PaymentsStore.enqueue(c, "payment_intent.payment_failed", intent, now, now)
@@ -511,6 +552,10 @@ class TestProvider:
 
         event_id = await self.db.write(pay)
         if event_id is None:
+            now_intent = await self._load(intent_id)
+            closed = self._closed_page(now_intent)
+            if closed is not None:
+                return closed
             return self._done(intent, "Already paid", "This payment was already made.", 409)
         self._wake.set()
         log.info("test_payment", intent=intent_id, order=intent["order_id"], outcome=behaviour)

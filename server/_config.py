@@ -390,6 +390,8 @@ class CommerceConfig:
     products_per_room_max: int = _spec(min=1, max=10_000, unit="count")
     skus_max: int = _spec(min=1, max=1000, unit="count")
     images_max: int = _spec(min=0, max=100, unit="count")
+    image_max_bytes: int = _spec(min=1024, max=100_000_000, unit="bytes")
+    image_max_age_s: int = _spec(min=0, max=315_360_000, unit="s")
     title_max_chars: int = _spec(min=1, max=1000, unit="chars")
     name_max_chars: int = _spec(min=1, max=1000, unit="chars")
     description_max_chars: int = _spec(min=0, max=100_000, unit="chars")
@@ -410,6 +412,7 @@ class CommerceConfig:
     complaint_max_chars: int = _spec(min=1, max=100_000, unit="chars")
     complaints_per_order_max: int = _spec(min=1, max=1000, unit="count")
     orders_page_max: int = _spec(min=1, max=10_000, unit="count")
+    products_page_max: int = _spec(min=1, max=10_000, unit="count")
     sales_recent_max: int = _spec(min=0, max=10_000, unit="count")
 
     def __post_init__(self) -> None:

@@ -308,3 +308,66 @@ def test_push_batch_refuses_spans_outside_the_data():
     with pytest.raises(ValueError, match="outside"):
         buffer.push_batch(bytes(10), [0, 5], [5, 6], [0, 0])
     assert buffer.statistics().received == 0
+
+
+def _stalled_stream(config: MediaConfig, stalls_us: tuple[int, ...], stall_length_us: int, *,
+                    frames: int, use_jit: bool):
+    """Video at 30 fps, 2-5 packets a frame, through a link that now and then stalls: during a
+    stall only the first packet gets through on time, the rest arrive together when it ends
+    (a receiver descheduled, a sender waiting for its window). Returns the frames skipped
+    during each stall and the buffer's statistics at the end."""
+    rng = random.Random(5)
+    packetizer = Packetizer(2, config)
+    buffer = JitterBuffer(2, video=True, config=config, use_jit=use_jit)
+    in_flight: list[tuple[int, int, bytes]] = []
+    skipped_by_stall = []
+    first_through: set[int] = set()  # stalls whose first packet got through
+    counter = 0
+    tick_us = 5_000
+    for now_us in range(0, frames * FRAME_INTERVAL_US + 1_000_000, tick_us):
+        index = -(-now_us // FRAME_INTERVAL_US)
+        for frame in range(-(-(now_us - tick_us) // FRAME_INTERVAL_US) if now_us else 0, min(index, frames)):
+            payload = frame_payload(frame, rng, rng.randint(150, 400))
+            for packet in packetizer.packetize_frame(payload, timestamp_us=frame * FRAME_INTERVAL_US,
+                                                     group=frame // 30, keyframe=frame % 30 == 0):
+                sent_us = frame * FRAME_INTERVAL_US
+                arrival_us = sent_us + 1_000
+                for start in stalls_us:
+                    if start <= sent_us < start + stall_length_us:
+                        if start in first_through:
+                            arrival_us = start + stall_length_us + 1_000
+                        first_through.add(start)
+                counter += 1
+                heapq.heappush(in_flight, (arrival_us, counter, bytes(packet)))
+        arrived = []
+        while in_flight and in_flight[0][0] <= now_us:
+            arrived.append(heapq.heappop(in_flight))
+        if arrived:
+            data, offsets, lengths = concatenate([packet for *_, packet in arrived])
+            buffer.push_batch(data, offsets, lengths, [arrival for arrival, *_ in arrived])
+        buffer.pop_ready(now_us)
+        for stall, start in enumerate(stalls_us):
+            if now_us == start:
+                skipped_by_stall.append(-buffer.statistics().frames_skipped)
+            if now_us == start + 500_000:
+                skipped_by_stall[stall] += buffer.statistics().frames_skipped
+    return skipped_by_stall, buffer.statistics()
+
+
+@pytest.mark.parametrize("use_jit", [True, False])
+def test_a_stall_teaches_the_buffer_to_wait_and_the_lesson_wears_off(use_jit):
+    config = MediaConfig(datagram_payload_bytes=100, fec_k=0)
+    stalls = (1_500_000, 2_500_000, 16_000_000)
+    skipped, stats = _stalled_stream(config, stalls, 150_000, frames=600, use_jit=use_jit)
+    # The first stall is met with the 40 ms delay the calm jitter asked for: a frame is given
+    # up, and its packets arriving afterwards show how long it really took.
+    assert skipped[0] >= 1
+    # A second later the buffer still waits long enough: nothing skipped.
+    assert skipped[1] == 0
+    # 13 s on the lesson has worn off (late_delay_decay_s = 10 s) and a stall skips again.
+    assert skipped[2] >= 1
+    assert stats.late > 0 and stats.late_delay_us > 0  # learnt again from the last stall
+    # Forgetting at once (the smallest decay time) skips in every stall.
+    forgetful = dataclasses.replace(config, late_delay_decay_s=0.001)
+    skipped, _ = _stalled_stream(forgetful, stalls, 150_000, frames=600, use_jit=use_jit)
+    assert all(count >= 1 for count in skipped)

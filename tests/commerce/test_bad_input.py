@@ -35,6 +35,18 @@ BAD = {
     ("orders_ship", "tracking_number"): "",
     ("orders_ship", "carrier"): "c" * 65,
     ("orders_complain", "text"): "",
+    ("products_edit", "title"): "",
+    ("products_edit", "description"): 5,
+    ("products_edit", "category"): "c" * 101,
+    ("products_edit", "brand"): None,
+    ("products_edit", "images"): ["ftp://cdn.example/x.png"],
+    ("products_edit", "external_ref"): "",
+    ("products_edit", "price"): 1.5,
+    ("products_sku_edit", "name"): "",
+    ("products_sku_edit", "price"): -1,
+    ("products_sku_edit", "stock"): "many",
+    ("products_sku_edit", "per_buyer_limit"): 0,
+    ("complaints_resolve", "resolution"): "",
 }
 # Fields inside a variant, named with their path.
 SKU_BAD = [
@@ -76,6 +88,12 @@ def request_for(op, shop, product_body):
                         {"tracking_number": "1Z999", "carrier": "UPS"}),
         "orders_complain": ("POST", "/api/v1/orders/onothere/complaints", shop.buyer,
                             {"text": "never arrived"}),
+        "products_edit": ("PATCH", f"/api/v1/products/{shop.product['id']}", shop.host,
+                          {"title": "Edited"}),
+        "products_sku_edit": ("PATCH", f"/api/v1/products/{shop.product['id']}/skus/{shop.sku_id}",
+                              shop.host, {"stock": 5}),
+        "complaints_resolve": ("POST", "/api/v1/complaints/cnothere/resolve", shop.operator,
+                               {"resolution": "refunded"}),
     }[op]
 
 

@@ -84,3 +84,90 @@ async def test_account_exit_removes_commerce_data(api, shop):
 
     buyer, keys = await api.app.db.read(load)
     assert buyer.startswith("sha256:") and keys == 0
+
+
+async def test_edit_a_product_and_restock_a_variant(api, shop):
+    pid, sku = shop.product["id"], shop.sku_id
+    path = f"/api/v1/products/{pid}"
+    reply = await api.call("PATCH", path, {"title": "Trail runner 3", "brand": "Acme Co",
+                                           "images": [], "price": 4999, "external_ref": "ext-9"},
+                           token=shop.host)
+    assert reply.status == 200, reply.body
+    edited = reply.body
+    assert (edited["title"], edited["brand"], edited["images"], edited["external_ref"]) == (
+        "Trail runner 3", "Acme Co", [], "ext-9")
+    assert edited["skus"][0]["price"] == 4999 and edited["description"] == shop.product["description"]
+    assert (await api.call("GET", path)).body == edited
+    # A variant restocked and repriced on its own.
+    reply = await api.call("PATCH", f"{path}/skus/{sku}", {"stock": 250, "price": 4500}, token=shop.host)
+    assert reply.status == 200 and (reply.body["skus"][0]["stock"], reply.body["skus"][0]["price"]) == (
+        250, 4500)
+    assert await shop.stock() == 250
+    # Restocking after a sale: held units stay held; a sold-out variant sells again.
+    await api.call("PATCH", f"{path}/skus/{sku}", {"stock": 1}, token=shop.host)
+    await shop.go_live()
+    assert (await shop.buy()).status == 201
+    sold_out = await shop.buy()
+    assert sold_out.status == 409 and sold_out.body["error"]["code"] == "sold_out"
+    assert (await api.call("PATCH", f"{path}/skus/{sku}", {"stock": 3}, token=shop.host)).status == 200
+    bought = await shop.buy()
+    assert bought.status == 201 and bought.body["unit_price"] == 4500
+    assert await shop.stock() == 2
+    # Who may: the owner and operators; not another seller, a buyer, or anyone.
+    assert (await api.call("PATCH", path, {"title": "By op"}, token=shop.operator)).status == 200
+    other = await api.user("otherseller", "host")
+    for token, status in ((other, 403), (shop.buyer, 403), (None, 401)):
+        reply = await api.call("PATCH", path, {"title": "Mine"}, token=token)
+        assert reply.status == status, reply.body
+        reply = await api.call("PATCH", f"{path}/skus/{sku}", {"stock": 99}, token=token)
+        assert reply.status == status, reply.body
+    assert (await api.call("GET", path)).body["title"] == "By op"
+    assert await shop.stock() == 2
+    # Bad edits name the field and change nothing.
+    for body, field in (({}, "body"), ({"title": ""}, "title"), ({"colour": "red"}, "colour"),
+                        ({"images": ["/api/v1/product-images/nothere.png"]}, "images[0]")):
+        reply = await api.call("PATCH", path, body, token=shop.host)
+        assert reply.status == 400 and reply.error_field == field, (body, reply.body)
+    reply = await api.call("PATCH", f"{path}/skus/snothere", {"stock": 5}, token=shop.host)
+    assert reply.status == 404 and reply.error_field == "sku_id"
+    reply = await api.call("PATCH", f"{path}/skus/{sku}", {"currency": "USD"}, token=shop.host)
+    assert reply.status == 400 and reply.error_field == "currency"
+    assert (await api.call("PATCH", "/api/v1/products/pnothere", {"title": "x"}, token=shop.host)).status == 404
+
+
+async def test_an_edit_into_restricted_goods_is_refused(api, shop):
+    rule = await api.call("POST", "/api/v1/restricted-goods",
+                          {"kind": "keyword", "value": "ivory", "reason": "CITES"}, token=shop.operator)
+    assert rule.status == 201
+    path = f"/api/v1/products/{shop.product['id']}"
+    reply = await api.call("PATCH", path, {"description": "Carved IVORY toe cap."}, token=shop.host)
+    assert reply.status == 409 and reply.body["error"]["code"] == "restricted_goods", reply.body
+    assert "'ivory'" in reply.body["error"]["message"] and reply.error_field == "description"
+    assert (await api.call("GET", path)).body == shop.product  # nothing changed
+    category = await api.call("POST", "/api/v1/restricted-goods", {"kind": "category", "value": "weapons"},
+                              token=shop.operator)
+    assert category.status == 201
+    reply = await api.call("PATCH", path, {"category": "Weapons"}, token=shop.host)
+    assert reply.status == 409 and reply.error_field == "category"
+
+
+async def test_find_products_by_external_reference(api, shop, product_body):
+    service = api.service_token()
+    made = [(await api.call("POST", "/api/v1/products", product_body(external_ref=ref), token=service)).body
+            for ref in ("plat-1", "plat-2", "plat-1")]
+    found = await api.call("GET", "/api/v1/products?external_ref=plat-1", token=service)
+    assert found.status == 200
+    assert sorted(p["id"] for p in found.body["products"]) == sorted([made[0]["id"], made[2]["id"]])
+    everything = await api.call("GET", "/api/v1/products", token=service)
+    assert {p["id"] for p in everything.body["products"]} == {p["id"] for p in made}
+    # A host sees only its own products; an operator everyone's.
+    mine = await api.call("GET", "/api/v1/products?external_ref=ext-1", token=shop.host)
+    assert [p["id"] for p in mine.body["products"]] == [shop.product["id"]]
+    assert (await api.call("GET", "/api/v1/products?external_ref=plat-1", token=shop.host)).body[
+        "products"] == []
+    ops = await api.call("GET", "/api/v1/products", token=shop.operator)
+    assert len(ops.body["products"]) == 4
+    assert (await api.call("GET", "/api/v1/products", token=shop.buyer)).status == 403
+    assert (await api.call("GET", "/api/v1/products?external_ref=", token=service)).status == 200
+    assert (await api.call("GET", "/api/v1/products?external_ref=" + "x" * 101,
+                           token=service)).status == 400

@@ -187,3 +187,52 @@ async def test_flash_sale_price_window_limit_and_cap(api, shop):
     assert reply.status == 409 and reply.body["error"]["code"] == "flash_sale_closed"
     reply = await shop.buy({**body, "pin_id": "pinnothere"}, token=third)
     assert reply.status == 404 and reply.error_field == "pin_id"
+
+
+async def test_coupon_cards_arrive_on_the_commerce_track(api, shop):
+    app = api.app
+    for body in ({"code": "LIVE15", "kind": "percent", "value": 15, "max_uses": 100},
+                 {"code": "FIVEOFF", "kind": "amount", "value": 500, "currency": "EUR", "max_uses": 2}):
+        reply = await api.call("POST", f"/api/v1/rooms/{shop.room_id}/coupons", body, token=shop.host)
+        assert reply.status == 201, reply.body
+    async with trio.open_nursery() as nursery:
+        await live_room(api, shop, nursery)
+        viewer_token = (await api.call("POST", f"/api/v1/rooms/{shop.room_id}/media-token", {},
+                                       token=shop.buyer)).body["token"]
+        async with connect(f"https://127.0.0.1:{app.port}/moq", token=viewer_token,
+                           certificate_sha256=app.certificate.sha256_hex) as viewer:
+            commerce = await viewer.subscribe(shop.room_id, "commerce")
+            await next_message(commerce, "state")
+            percent = await pin(api, shop, {"kind": "coupon", "product_id": shop.product["id"],
+                                            "coupon_code": "LIVE15", "media_us": 4_500_000})
+            assert percent["kind"] == "coupon" and percent["coupon"] == {"code": "LIVE15", "percent": 15}
+            frame, timestamp_us, message = await next_message(commerce, "pin")
+            # The frame's media timestamp is the one the host pinned on; the
+            # msgpack payload carries the card with its coupon.
+            assert timestamp_us == 4_500_000
+            card = message["pin"]
+            assert (card["id"], card["kind"], card["media_us"]) == (percent["id"], "coupon", 4_500_000)
+            assert card["coupon"] == {"code": "LIVE15", "percent": 15}
+            assert card["product"]["id"] == shop.product["id"] and card["flash_sale"] is None
+            amount = await pin(api, shop, {"kind": "coupon", "product_id": shop.product["id"],
+                                           "coupon_code": "FIVEOFF", "media_us": 5_000_000})
+            _, timestamp_us, message = await next_message(commerce, "pin")
+            assert timestamp_us == 5_000_000 and message["pin"]["id"] == amount["id"]
+            assert message["pin"]["coupon"] == {"code": "FIVEOFF", "amount_minor": 500, "currency": "EUR"}
+            # A late joiner's state has both cards with their coupons.
+            await shop.commerce.publish_pin_states()
+            late = await viewer.subscribe(shop.room_id, "commerce")
+            _, _, state = await next_message(late, "state")
+            assert [(p["id"], p["coupon"]["code"]) for p in state["pins"]] == [
+                (percent["id"], "LIVE15"), (amount["id"], "FIVEOFF")]
+            # The card's coupon applies at Buy Now.
+            bought = await shop.buy({"sku_id": shop.sku_id, "quantity": 1, "coupon_code": "LIVE15",
+                                     "pin_id": percent["id"]})
+            assert bought.status == 201 and (bought.body["discount"], bought.body["total"]) == (900, 5099)
+            # Unpinned at a frame: the unpin object carries that timestamp.
+            reply = await api.call("DELETE", f"/api/v1/rooms/{shop.room_id}/pins/{percent['id']}",
+                                   {"media_us": 6_000_000}, token=shop.host)
+            assert reply.status == 200
+            _, timestamp_us, message = await next_message(commerce, "unpin")
+            assert (timestamp_us, message["pin_id"]) == (6_000_000, percent["id"])
+        nursery.cancel_scope.cancel()
