@@ -124,9 +124,11 @@ async def test_a_live_its_statistics_page_and_its_replay(server_factory, web_con
     with trio.fail_after(15):
         while not app.replays.has_replay(room_id) or any(b.name == room_id for b in app.recorder.recordings):
             await trio.sleep(0.05)
-    # The last pair sold since the live (elsewhere: there is no stock route): its replayed card
-    # must say so, whatever the recording says.
-    await app.db.write(lambda c: c.execute("UPDATE skus SET stock = 0 WHERE product_id = ?", (last_pair["id"],)))
+    # The last pair sold since the live (elsewhere; the host sets its stock to 0): its replayed
+    # card must say so, whatever the recording says.
+    sold = await api.call("PATCH", f"/api/v1/products/{last_pair['id']}/skus/{last_pair['skus'][0]['id']}",
+                          {"stock": 0}, token=host)
+    assert sold.status == 200, sold.body
     report = (await api.call("GET", f"/api/v1/rooms/{room_id}/statistics", token=host)).body
     # The chat transcript route belongs to the chat branch (owner by may_manage_room per
     # CONTRACTS2.md); the page must save what it answers, or show its error.
