@@ -81,12 +81,26 @@ function timelineTable(report) {
       el("td", {}, number.format(row.viewers)), el("td", {}, number.format(row.chat_messages)), el("td", {}, number.format(row.orders))))));
 }
 
-/** GET ``path`` with the Bearer token and save the answer as ``filename``; errors shown. */
+/** The room's host token from its setup (owner and team), for routes that want a token minted
+ * for the room (as the host console does); undefined when there is none. */
+let roomTokenPromise = null;
+function roomToken() {
+  roomTokenPromise ??= api("GET", `${base}/setup`).then((s) => s?.publish?.token).catch(() => undefined);
+  return roomTokenPromise;
+}
+
+/** GET ``path`` with the Bearer token (again with the room's host token when refused) and save
+ * the answer as ``filename``; errors shown. */
 async function download(path, filename, button) {
   const note = button.nextElementSibling;
   note.textContent = "";
   try {
-    const response = await fetch(path, { headers: { authorization: `Bearer ${token()}` } });
+    const get = (bearer) => fetch(path, { headers: { authorization: `Bearer ${bearer}` } });
+    let response = await get(token());
+    if (response.status === 403) {
+      const again = await roomToken();
+      if (again) response = await get(again);
+    }
     if (!response.ok) {
       let text = `HTTP ${response.status}`;
       try { text = (await response.json()).error?.message || text; } catch { /* not JSON */ }
