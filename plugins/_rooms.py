@@ -28,6 +28,7 @@ import re
 import secrets
 import sqlite3
 import time
+import urllib.parse
 from typing import Any
 
 import trio
@@ -793,12 +794,17 @@ class RoomsPlugin:
         esc = html.escape
         metas = "\n".join(f'<meta property="{esc(k)}" content="{esc(v)}">'
                           for k, v in self._og(view).items())
+        # Link previews read the Open Graph tags; people are sent on to the room's page, counted
+        # as arriving from a share link (CONTRACTS2.md).
+        target = f"/live/{urllib.parse.quote(room_id, safe='')}?from=share"
         page = (f"<!doctype html>\n<html lang=\"{esc(view['language'])}\"><head>"
                 f"<meta charset=\"utf-8\"><title>{esc(view['title'])}</title>\n{metas}\n"
                 f"<meta name=\"description\" content=\"{esc(view['description'][:300])}\">"
+                f"<meta http-equiv=\"refresh\" content=\"0; url={esc(target)}\">"
                 f"</head><body><h1>{esc(view['title'])}</h1>"
                 f"<p>{esc(view['host']['display_name'])} · {esc(view['scheduled_start'])} · "
-                f"{esc(view['state'])}</p><p>{esc(view['description'])}</p></body></html>\n")
+                f"{esc(view['state'])}</p><p>{esc(view['description'])}</p>"
+                f"<p><a href=\"{esc(target)}\" id=\"watch\">Watch</a></p></body></html>\n")
         return Response.text(page, content_type="text/html; charset=utf-8")
 
     async def rate(self, request, claims, body, query, room_id: str) -> Response:

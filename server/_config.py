@@ -266,6 +266,14 @@ class WebConfig:
     player_latency_ms: int = _spec(min=0, max=10_000, unit="ms")
     chat_messages_shown: int = _spec(min=1, max=10_000, unit="count")
     pins_poll_interval_s: float = _spec(min=0.5, max=600.0, unit="s")
+    order_poll_interval_s: float = _spec(min=0.2, max=600.0, unit="s")
+    order_poll_max: int = _spec(min=0, max=100_000, unit="count")
+    datagram_tick_ms: int = _spec(min=1, max=1000, unit="ms")
+    datagram_nack_after_ms: int = _spec(min=1, max=10_000, unit="ms")
+    datagram_held_packets_max: int = _spec(min=0, max=1_000_000, unit="count")
+    datagram_frames_pending_max: int = _spec(min=1, max=1_000_000, unit="count")
+    datagram_audio_ahead_max_s: float = _spec(min=0.01, max=60.0, unit="s")
+    terms_file: str = _spec()
 
 
 # --- plugins, storage, accounts, rooms, webhooks (plugins/) -------------------------

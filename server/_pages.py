@@ -13,9 +13,12 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
+import secrets
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +28,10 @@ from shopcast.server._static import STATIC_DIR, StaticFiles
 if TYPE_CHECKING:
     from shopcast.server._app import ServerApp
 
-__all__ = ["PAGES", "build_player_bundle", "documented_routes", "register_pages"]
+__all__ = ["PAGES", "build_player_bundle", "documented_routes", "register_pages", "terms_text"]
+
+GUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+"""A browser's guest id (POST /api/v1/rooms/{room_id}/viewer-token)."""
 
 #: (route pattern, page module, route name). Path parameters reach the module through
 #: ``location.pathname``.
@@ -66,29 +72,79 @@ def _shell(page: str, settings: dict) -> bytes:
         "</body>\n</html>\n").encode("utf-8")
 
 
+def terms_text(app: "ServerApp") -> tuple[str, str]:
+    """(title, text) of the terms of service: [web] terms_file, else server/static/terms.txt.
+    The first line is the title."""
+    path = Path(app.config.web.terms_file) if app.config.web.terms_file else STATIC_DIR / "terms.txt"
+    text = path.read_text(encoding="utf-8").strip()
+    title, _, rest = text.partition("\n")
+    return title.strip(), rest.strip()
+
+
+def _terms_page(title: str, text: str, version: str) -> bytes:
+    paragraphs = "\n".join(f"<p>{html.escape(p.strip())}</p>" for p in text.split("\n\n") if p.strip())
+    return (
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<link rel=\"icon\" href=\"data:,\">\n<title>{html.escape(title)}</title>\n"
+        "<link rel=\"stylesheet\" href=\"/static/app.css\">\n</head>\n<body>\n"
+        "<header><nav aria-label=\"shopcast\"><a href=\"/\" class=\"brand\">shopcast</a>"
+        "<a href=\"/register\">Register</a></nav></header>\n"
+        f"<main id=\"main\" class=\"terms\"><h1>{html.escape(title)}</h1>\n"
+        f"<p class=\"muted\" id=\"terms-version\">Version {html.escape(version)}</p>\n"
+        f"{paragraphs}\n</main>\n</body>\n</html>\n").encode("utf-8")
+
+
 def register_pages(app: "ServerApp") -> None:
-    """Add the page routes, ``/static/{path}`` and the demo room's chat token to ``app``'s
-    router."""
+    """Add the page routes, ``/static/{path}``, ``/terms``, the demo room's chat token and the
+    viewer token to ``app``'s router."""
     web = app.config.web
     settings = {"playerLatencyMs": web.player_latency_ms,
                 "chatMessagesShown": web.chat_messages_shown,
                 "pinsPollIntervalS": web.pins_poll_interval_s,
+                "orderPollIntervalS": web.order_poll_interval_s,
+                "orderPollMax": web.order_poll_max,
+                "datagram": {"tickMs": web.datagram_tick_ms,
+                             "nackAfterMs": web.datagram_nack_after_ms,
+                             "heldPacketsMax": web.datagram_held_packets_max,
+                             "framesPendingMax": web.datagram_frames_pending_max,
+                             "audioAheadMaxS": web.datagram_audio_ahead_max_s},
                 "demoRoom": app.config.demo.room if app.config.demo.enabled else None,
                 "moqPath": app.config.relay.path, "chatPath": app.config.chat.path,
                 "datagramPath": app.config.datagram.path,
                 "reactions": list(app.config.chat.reactions)}
     static = StaticFiles(STATIC_DIR, max_age_s=app.config.http.static_max_age_s)
     router = app.router
+    html_headers = (("content-type", "text/html; charset=utf-8"), ("cache-control", "no-cache"),
+                    ("x-content-type-options", "nosniff"))
+
+    def has_replay(room_id: str) -> bool:
+        replays = getattr(app, "replays", None)
+        return replays is not None and app.config.recording.enabled and replays.has_replay(room_id)
+
     for pattern, page, name in PAGES:
         body = _shell(page, settings)
 
-        async def handler(request: Request, body: bytes = body, **params: str) -> Response:
-            return Response(200, (("content-type", "text/html; charset=utf-8"),
-                                  ("cache-control", "no-cache"),
-                                  ("x-content-type-options", "nosniff")), body)
+        async def handler(request: Request, body: bytes = body, name: str = name,
+                          **params: str) -> Response:
+            room_id = params.get("room_id", "")
+            if name == "page_live" and has_replay(room_id):
+                # An ended room with a replay: its page is the replay (same query string).
+                query = urllib.parse.urlencode(dict(request.query))
+                target = f"/replay/{urllib.parse.quote(room_id, safe='')}" + (f"?{query}" if query else "")
+                return Response(302, (("location", target), ("cache-control", "no-cache")), b"")
+            if name == "page_replay":
+                body = _shell("live", {**settings, "replayAvailable": has_replay(room_id)})
+            return Response(200, html_headers, body)
 
         router.add("GET", pattern, handler, name)
     router.add("GET", "/static/{path:path}", static.handle, "static")
+
+    async def terms(request: Request) -> Response:
+        title, text = terms_text(app)
+        return Response(200, html_headers, _terms_page(title, text, app.config.accounts.terms_version))
+
+    router.add("GET", "/terms", terms, "page_terms")
 
     async def demo_token(request: Request) -> Response:
         """A viewer token for the demo room's chat, for a logged-in account: the demo room is
@@ -105,6 +161,50 @@ def register_pages(app: "ServerApp") -> None:
                               "expires_in": ttl_s})
 
     router.add("POST", "/api/v1/demo/media-token", demo_token, "demo_media_token")
+
+    async def viewer_token(request: Request, room_id: str) -> Response:
+        """A viewer token for ``room_id`` whose subject is the account (Bearer token) or the
+        browser's guest id, so statistics count browsers, not addresses (CONTRACTS2.md)."""
+        body = request.json() if request.body.strip() else {}
+        guest_id = body.get("guest_id")
+        unknown = sorted(set(body) - {"guest_id"})
+        if unknown:
+            raise HTTPError(400, "unknown_field", f"unknown field {unknown[0]}; allowed: guest_id",
+                            unknown[0])
+        if guest_id is not None and (not isinstance(guest_id, str) or not GUEST_ID.fullmatch(guest_id)):
+            raise HTTPError(400, "bad_guest_id", "guest_id must be 16 to 64 characters of "
+                            "A-Z a-z 0-9 _ -", "guest_id")
+        rooms = app.plugins.get("rooms") if hasattr(app, "plugins") else None
+        room = None
+        if rooms is not None:
+            try:
+                room = await rooms.get(room_id)
+            except HTTPError:
+                room = None
+        if room is None and room_id != settings["demoRoom"] and room_id not in app.relay.broadcasts \
+                and not has_replay(room_id):
+            raise HTTPError(404, "not_found", f"no room {room_id}", "room_id")
+        if room is not None and room["state"] == "rehearsal":
+            raise HTTPError(403, "rehearsal", "the rehearsal is visible only to the room's team "
+                            "(POST /api/v1/rooms/{room_id}/media-token)", "room_id")
+        if request.header("authorization") is not None:
+            claims = app.authorize(request, roles=("viewer", "host", "operator", "service"))
+            subject = claims.subject
+            accounts = app.plugins.get("accounts") if hasattr(app, "plugins") else None
+            if accounts is not None:
+                try:
+                    subject = (await accounts.require_account(claims))["id"]
+                except HTTPError:
+                    subject = claims.subject
+        else:
+            subject = f"guest:{guest_id or secrets.token_urlsafe(18)}"
+        ttl_s = app.config.tokens.default_ttl_s
+        now = time.time()
+        token = app.tokens.mint(subject=subject, role="viewer", room=room_id, ttl_s=ttl_s, now=now)
+        return Response.json({"token": token, "subject": subject,
+                              "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + ttl_s))})
+
+    router.add("POST", "/api/v1/rooms/{room_id}/viewer-token", viewer_token, "viewer_token")
 
 
 def documented_routes() -> list[tuple[str, str, str, str, str, tuple[str, ...], dict]]:
@@ -128,6 +228,20 @@ def documented_routes() -> list[tuple[str, str, str, str, str, tuple[str, ...], 
                                                             "expires_in": {"type": "integer"}}}),
                     401: ("No token, or an invalid one.", error),
                     404: ("The demo room is off.", error)}))
+    routes.append(("GET", "/terms", "page_terms", "The terms of service ([web] terms_file) and "
+                   "their version ([accounts] terms_version).", "text/html", everyone, html_page))
+    routes.append(("POST", "/api/v1/rooms/{room_id}/viewer-token", "viewer_token",
+                   "A viewer token for the room: subject the account (with a Bearer token) or "
+                   "guest:GUEST_ID (body {\"guest_id\"}, 16-64 of A-Za-z0-9_-; a new one when absent).",
+                   "application/json", everyone,
+                   {200: ("A viewer token.", {"type": "object", "required": ["token", "subject", "expires_at"],
+                                              "properties": {"token": {"type": "string"},
+                                                             "subject": {"type": "string"},
+                                                             "expires_at": {"type": "string", "format": "date-time"}}}),
+                    400: ("A bad guest_id or body.", error),
+                    401: ("An invalid Bearer token.", error),
+                    403: ("The room is in rehearsal.", error),
+                    404: ("No such room.", error)}))
     return routes
 
 

@@ -93,3 +93,85 @@ def run_browser(chromium, chromium_flags):
         return await trio.to_thread.run_sync(in_thread)
 
     return run
+
+
+def _room_body(title: str, *, orientation: str = "landscape", base: str = "", start_in_s: float = 3600,
+              hashtags: tuple[str, ...] = ("#shoes",)) -> dict:
+    """The body of POST /api/v1/rooms for a page test's room."""
+    import time
+
+    body = {"title": title, "scheduled_start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + start_in_s)),
+            "duration_s": 1800, "keywords": ["test"], "hashtags": list(hashtags),
+            "description": f"{title}.", "orientation": orientation, "language": "en", "region": "ES",
+            "target_regions": [], "team": []}
+    if base:
+        body["cover_image_url"] = f"{base}/static/img/product.svg"
+    return body
+
+
+@pytest.fixture
+def room_body():
+    """``room_body(title, orientation=..., base=..., start_in_s=..., hashtags=...)``: the body of
+    POST /api/v1/rooms for a page test's room."""
+    return _room_body
+
+
+@pytest.fixture
+def make_clip(ffmpeg, tmp_path):
+    """``make_clip(width, height, seconds)``: an FLV (H.264 + AAC) made by ffmpeg, GOP 1 s."""
+    import subprocess
+
+    def make(width: int, height: int, seconds: float = 4.0) -> Path:
+        out = tmp_path / f"clip-{width}x{height}.flv"
+        subprocess.run([ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i",
+                        f"testsrc2=size={width}x{height}:rate=25:duration={seconds}",
+                        "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
+                        "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+                        "-pix_fmt", "yuv420p", "-g", "25", "-bf", "0", "-c:a", "aac", "-b:a", "64k",
+                        "-f", "flv", str(out)], check=True, timeout=120)
+        return out
+
+    return make
+
+
+@pytest.fixture
+def go_live(nursery):
+    """``await go_live(started, host_name, room_id, clip, loops)``: make the room's scheduled
+    start now (one offset clock for the rooms and statistics plugins), publish ``clip`` into it with shopcast.client (in the test's nursery) and wait
+    until the room is live. Returns (a trio.Event set when the publish has ended, the
+    publish's trio.CancelScope, to stop it)."""
+    import time
+
+    import trio
+
+    async def run(started, host_name: str, room_id: str, clip: Path, loops: float = 30):
+        from shopcast.client import connect
+
+        app = started.app
+        rooms = app.plugins.get("rooms")
+        # The scheduled start is now: the rooms' and the statistics' clocks run on from it
+        # (the same clock, so that joins and orders fall within the live).
+        offset = max(0.0, rooms._cache[room_id]["scheduled_start"] - time.time())
+        rooms.clock = lambda: time.time() + offset
+        statistics = app.plugins.get("statistics")
+        if statistics is not None:
+            statistics.clock = rooms.clock
+        token = app.tokens.mint(subject=host_name, role="host", room=room_id, ttl_s=600, now=time.time())
+        done = trio.Event()
+        scope = trio.CancelScope()
+
+        async def publish() -> None:
+            try:
+                with scope:
+                    async with connect(f"https://127.0.0.1:{started.port}/moq", token=token,
+                                       certificate_sha256=app.certificate.sha256_hex) as client:
+                        await client.publish_flv(room_id, clip, loops=loops)
+            finally:
+                done.set()
+
+        nursery.start_soon(publish)
+        with trio.fail_after(15):
+            await rooms.wait_for_state(room_id, "live")
+        return done, scope
+
+    return run

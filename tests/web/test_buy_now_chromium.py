@@ -1,8 +1,7 @@
 """A host pins a product while a buyer watches in headless Chromium: the card appears on the
 live page when the playout reaches the pin's media time, and Buy Now goes through the test
-provider's payment page with a test card to a paid order (CONTRACTS.md, commerce).
-
-Skipped, saying why, while the commerce branch's pins and payments are not in the tree."""
+provider's payment page with a test card to a paid order, which the order page shows turning
+confirmed when the host confirms it through the API (as the console does)."""
 
 from __future__ import annotations
 
@@ -116,7 +115,17 @@ async def test_pinned_card_appears_and_buy_now_pays_with_a_test_card(
         await console.evaluate("(token) => localStorage.setItem('shopcast.token', token)", host)
         await console.goto(f"/host/{room_id}")
         await console.locator("#fig-paid").filter(has_text="0").wait_for(timeout=CARD_TIMEOUT_MS)
-        await card.get_by_role("button", name="Buy now").click()
+        # With the keyboard: the focus stays on Buy now while commerce states (one every
+        # [commerce] pins_state_interval_s) update the cards, and Enter opens the checkout.
+        buy = card.get_by_role("button", name="Buy now")
+        await buy.focus()
+        states = await page.evaluate("() => window.shopcast.states || 0")
+        await page.wait_for_function(f"() => (window.shopcast.states || 0) >= {states + 2}", timeout=CARD_TIMEOUT_MS)
+        focused = await page.evaluate("() => document.activeElement && document.activeElement.className === 'buy'"
+                                      " && document.activeElement.closest('article').dataset.pin")
+        assert focused == pinned["id"], f"Buy now lost the focus after two state updates: {focused!r}"
+        await page.keyboard.press("Enter")
+        await page.locator("dialog#checkout[open]").wait_for(timeout=5000)
         await page.get_by_role("button", name="Go to payment").click()
         await page.wait_for_url("**/pay/test/**", timeout=PAYMENT_TIMEOUT_MS)
         await page.get_by_label("Card number").fill("4242424242424242")
@@ -128,6 +137,13 @@ async def test_pinned_card_appears_and_buy_now_pays_with_a_test_card(
             await page.locator('a[href*="/orders/"]').first.click()
         await page.wait_for_selector('#order-status[data-status="paid"]', timeout=PAYMENT_TIMEOUT_MS)
         await page.screenshot(path=str(artifacts / "order-paid.png"))
+        # The host confirms the order; the open order page sees it on its next poll.
+        paid_order_id = page.url.rstrip("/").rsplit("/", 1)[1]
+        confirmed = trio.from_thread.run(lambda: web_api.call(
+            "POST", f"/api/v1/orders/{paid_order_id}/confirm", {}, token=host))
+        assert confirmed.status == 200 and confirmed.body["status"] == "confirmed", confirmed.body
+        await page.wait_for_selector('#order-status[data-status="confirmed"]', timeout=PAYMENT_TIMEOUT_MS)
+        await page.screenshot(path=str(artifacts / "order-confirmed.png"))
         # ... and sees the sale on its next refresh ([host_console] poll_interval_ms).
         await console.locator("#fig-paid").filter(has_text="1").wait_for(timeout=PAYMENT_TIMEOUT_MS)
         gmv = await console.locator("#fig-gmv").text_content()

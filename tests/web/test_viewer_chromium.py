@@ -154,6 +154,12 @@ async def test_registration_chat_view_counts_and_mute_between_browsers(web_serve
         ctx_b, bob = await _new_page(browser, base, log)
         await alice.goto("/register")
         await alice.screenshot(path=str(artifacts / "register.png"))
+        # The terms of service are this server's page, at the version to accept.
+        version = await alice.locator("#terms-version").text_content()
+        terms_href = await alice.locator("#terms-link").get_attribute("href")
+        await alice.goto(terms_href)
+        terms_shown = await alice.locator("#terms-version").text_content()
+        await alice.screenshot(path=str(artifacts / "terms.png"), full_page=True)
         await register_and_login(alice, "alice")
         await register_and_login(bob, "bob")
         # Both watch: two viewers, seen by both.
@@ -214,9 +220,10 @@ async def test_registration_chat_view_counts_and_mute_between_browsers(web_serve
         await bob.screenshot(path=str(artifacts / "live-muted.png"))
         for context in (ctx_a, ctx_b, ctx_c):
             await context.close()
-        return counts, answer, notice, alice_still_sees_own, author, log
+        return counts, answer, notice, alice_still_sees_own, author, (terms_href, version, terms_shown), log
 
-    counts, answer, notice, alice_still_sees_own, author, log = await run_browser(scenario)
+    counts, answer, notice, alice_still_sees_own, author, terms, log = await run_browser(scenario)
+    assert terms == ("/terms", app.config.accounts.terms_version, f"Version {app.config.accounts.terms_version}"), terms
     assert author == "Alice", "chat shows the account's display name"
     assert counts == [3, 3], _tail(log)
     assert answer["type"] == "ok", answer
@@ -228,8 +235,9 @@ async def test_every_page_renders_in_both_languages(web_server, web_api, run_bro
     base = f"https://127.0.0.1:{web_server.port}"
     token = await web_api.user("pagebuyer", "audience")
     account = (await web_api.call("GET", "/api/v1/me", token=token)).body
+    # The statistics and replay pages of a real ended room: test_ended_room_chromium.py.
     pages = ["/", "/upcoming", "/search?q=shoes", "/login", "/register", "/profile", "/orders",
-             "/orders/o-none", "/rooms/demo/stats", "/embed/demo", "/replay/demo"]
+             "/orders/o-none", "/embed/demo", "/replay/demo"]
 
     async def scenario(browser):
         log: list[str] = []
@@ -349,10 +357,17 @@ async def test_datagram_mode_plays_the_demo_room(web_server, run_browser, artifa
                 behind_ms.append((edge_us - shown_us) / 1000)
             await page.wait_for_timeout(100)
         await page.screenshot(path=str(artifacts / "live-datagram.png"))
+        limits = await page.evaluate("() => window.shopcast.player.limits")
         await context.close()
-        return first, later, sorted(behind_ms), log
+        return first, later, sorted(behind_ms), limits, log
 
-    first, later, behind_ms, log = await run_browser(scenario)
+    first, later, behind_ms, limits, log = await run_browser(scenario)
+    web = web_server.app.config.web
+    # The player's bounds are the config's ([web] datagram_*), not constants of its own.
+    assert limits == {"tickMs": web.datagram_tick_ms, "nackAfterMs": web.datagram_nack_after_ms,
+                      "heldPacketsMax": web.datagram_held_packets_max,
+                      "framesPendingMax": web.datagram_frames_pending_max,
+                      "audioAheadMaxS": web.datagram_audio_ahead_max_s}, limits
     print(f"datagram mode: {later['stats']}")
     if behind_ms:
         print(f"datagram mode: picture behind the relay's live edge: p50 {behind_ms[len(behind_ms) // 2]:.0f} ms, "

@@ -59,11 +59,13 @@ export function viewerId() {
   return id;
 }
 
-/** Record a room event (impression, click, share, arrival); quiet when unsupported. */
-export function roomEvent(roomId, event) {
-  if (!token()) event = { ...event, viewer: viewerId() };
+/** Record a room event (impression, click, share, arrival); quiet when unsupported. Under the
+ * login token, else ``bearer`` (the room's viewer token), else with this browser's id. */
+export function roomEvent(roomId, event, { bearer } = {}) {
+  const auth = token() || bearer;
+  if (!auth) event = { ...event, viewer: viewerId() };
   fetch(`/api/v1/rooms/${encodeURIComponent(roomId)}/events`, {
-    method: "POST", headers: { "content-type": "application/json", ...(token() ? { authorization: `Bearer ${token()}` } : {}) },
+    method: "POST", headers: { "content-type": "application/json", ...(auth ? { authorization: `Bearer ${auth}` } : {}) },
     body: JSON.stringify(event), keepalive: true,
   }).catch(() => {});
 }
@@ -114,14 +116,17 @@ export function frame(titleKey, { embed = false } = {}) {
   return main;
 }
 
-/** A room card for the home, upcoming and search lists. */
+/** A room card for the home, upcoming and search lists: an ended room links to its replay. */
 export function roomCard(room) {
   const live = room.state === "live";
-  return el("li", { class: "room-card" },
+  const ended = room.state === "ended" || room.state === "replay";
+  const href = ended ? `/replay/${encodeURIComponent(room.id)}` : `/live/${encodeURIComponent(room.id)}${live ? "" : "?from=upcoming"}`;
+  return el("li", { class: "room-card", dataset: { room: room.id, state: room.state } },
     room.cover_image_url ? el("img", { src: room.cover_image_url, alt: "", loading: "lazy" }) : null,
     el("div", {},
-      el("a", { href: `/live/${encodeURIComponent(room.id)}${live ? "" : "?from=upcoming"}` }, room.title),
+      el("a", { href }, room.title),
       live ? el("span", { class: "badge live" }, t("playing")) : null,
+      ended ? el("span", { class: "badge" }, t("replay")) : null,
       el("p", { class: "muted" }, room.host ? room.host.display_name : "", " · ", t("starts"), " ", when(room.scheduled_start)),
       room.description ? el("p", {}, room.description) : null));
 }

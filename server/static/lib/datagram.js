@@ -10,11 +10,13 @@ const HEADER_BYTES = 30;
 const FLAG_KEYFRAME = 0x01;
 const FLAG_PARITY = 0x02;
 const NACK_TYPE = 0x01;
-const TICK_MS = 10;
-const NACK_AFTER_MS = 20;
-const HELD_PACKETS_MAX = 1024;     // packets that overtake their `subscribed`, per session
-const FRAMES_PENDING_MAX = 512;    // frames being put together, per track
-const AUDIO_AHEAD_MAX_S = 0.4;     // audio scheduled further ahead than this is dropped (catch-up)
+/** The player's bounds, from [web] datagram_* in conf/default.toml (the page passes its
+ * settings.datagram as ``options.limits``): tickMs, the timer that releases due frames and sends
+ * NACKs (ms); nackAfterMs, a frame still incomplete this long is asked for again, once (ms);
+ * heldPacketsMax, packets that overtake their `subscribed`, per session (count);
+ * framesPendingMax, frames being put together, per track (count); audioAheadMaxS, audio
+ * scheduled further ahead than this is dropped, to catch up (s). */
+const LIMIT_NAMES = ["tickMs", "nackAfterMs", "heldPacketsMax", "framesPendingMax", "audioAheadMaxS"];
 
 const seqAfter = (a, b) => ((a - b) & 0xffff) !== 0 && ((a - b) & 0xffff) < 0x8000;
 const fragmentSeqOffset = (index, k) => (k === 0 ? index : index + Math.floor(index / k));
@@ -93,8 +95,9 @@ class FrameAssembly {
 }
 
 class TrackReceiver {
-  constructor(name, video, deliver) {
+  constructor(name, video, deliver, limits) {
     this.name = name;
+    this.limits = limits;
     this.video = video;
     this.deliver = deliver;
     this.frames = new Map();
@@ -108,7 +111,7 @@ class TrackReceiver {
     if (h.frameSeq !== this.next && !seqAfter(h.frameSeq, this.next)) return;   // already released
     let frame = this.frames.get(h.frameSeq);
     if (!frame) {
-      if (this.frames.size >= FRAMES_PENDING_MAX) return;
+      if (this.frames.size >= this.limits.framesPendingMax) return;
       frame = new FrameAssembly(h, now);
       this.frames.set(h.frameSeq, frame);
     }
@@ -149,7 +152,7 @@ class TrackReceiver {
   nacks(now) {
     const seqs = [];
     for (const frame of this.frames.values()) {
-      if (!frame.complete && !frame.nacked && now - frame.firstSeen >= NACK_AFTER_MS) {
+      if (!frame.complete && !frame.nacked && now - frame.firstSeen >= this.limits.nackAfterMs) {
         frame.nacked = true;
         seqs.push(...frame.missingPacketSeqs());
       }
@@ -162,10 +165,16 @@ class TrackReceiver {
 export class DatagramPlayer {
   /**
    * @param {HTMLElement} container
-   * @param {{broadcast: string, path: string, latencyMs: number, token?: string}} options
+   * @param {{broadcast: string, path: string, latencyMs: number, token?: string,
+   *          limits: {tickMs: number, nackAfterMs: number, heldPacketsMax: number,
+   *                   framesPendingMax: number, audioAheadMaxS: number}}} options
    */
   constructor(container, options) {
     this.options = options;
+    const limits = options.limits || {};
+    const missing = LIMIT_NAMES.filter((name) => typeof limits[name] !== "number");
+    if (missing.length) throw new Error(`DatagramPlayer: options.limits lacks ${missing.join(", ")} ([web] datagram_*)`);
+    this.limits = { ...limits };
     this.canvas = document.createElement("canvas");
     this.canvas.setAttribute("aria-label", "video");
     this.canvas.className = "datagram-video";
@@ -192,7 +201,7 @@ export class DatagramPlayer {
     this.nackWriter = this.transport.datagrams.writable.getWriter();
     this.#readControl(control.readable.getReader());
     this.#readDatagrams(this.transport.datagrams.readable.getReader());
-    this.timer = setInterval(() => this.#tick(), TICK_MS);
+    this.timer = setInterval(() => this.#tick(), this.limits.tickMs);
     this.transport.closed.finally(() => clearInterval(this.timer));
     this.#subscribe("catalog.json", false, (frame) => this.#onCatalog(JSON.parse(new TextDecoder().decode(frame.bytes()))));
     for (const name of this.handlers.keys()) this.#subscribeRoomTrack(name);
@@ -239,7 +248,7 @@ export class DatagramPlayer {
     const sub = this.subscriptions.get(message.id);
     if (!sub) return;
     if (message.type === "subscribed") {
-      const receiver = new TrackReceiver(sub.name, message.video, sub.deliver);
+      const receiver = new TrackReceiver(sub.name, message.video, sub.deliver, this.limits);
       sub.receiver = receiver;
       this.byTrackId.set(message.track_id, receiver);
       const mine = this.held.filter((h) => h.track === message.track_id);
@@ -261,7 +270,7 @@ export class DatagramPlayer {
 
   #onPacket(h) {
     const receiver = this.byTrackId.get(h.track);
-    if (!receiver) { if (this.held.length < HELD_PACKETS_MAX) this.held.push(h); return; }
+    if (!receiver) { if (this.held.length < this.limits.heldPacketsMax) this.held.push(h); return; }
     receiver.push(h, performance.now());
   }
 
@@ -335,7 +344,7 @@ export class DatagramPlayer {
     }
     data.close();
     const now = ctx.currentTime;
-    if (!this.audioAt || this.audioAt < now || this.audioAt - now > AUDIO_AHEAD_MAX_S) this.audioAt = now + this.options.latencyMs / 1000;
+    if (!this.audioAt || this.audioAt < now || this.audioAt - now > this.limits.audioAheadMaxS) this.audioAt = now + this.options.latencyMs / 1000;
     const source = ctx.createBufferSource();
     source.buffer = buffer;
     source.connect(ctx.destination);

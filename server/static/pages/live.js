@@ -1,7 +1,7 @@
 // The live room page (/live/ID), its replay (/replay/ID) and embeddable form (/embed/ID):
 // video, view count, host, product cards in step with the video, Buy Now, chat with emoji and
 // reactions, share link.
-import { ApiError, account, api, apiOptional, el, frame, money, roomEvent, settings, token } from "../lib/api.js";
+import { ApiError, account, api, apiOptional, el, frame, money, roomEvent, settings, token, viewerId } from "../lib/api.js";
 import { ChatSession } from "../lib/chat.js";
 import { t } from "../lib/i18n.js";
 import { decode, splitHangFrame } from "../lib/msgpack.js";
@@ -77,8 +77,8 @@ async function loadRoom() {
   try {
     const page = await api("GET", `/api/v1/rooms/${encodeURIComponent(roomId)}/page`);
     room = page.room;
+    setShape(room.orientation === "portrait" ? 9 : 16, room.orientation === "portrait" ? 16 : 9);
     document.title = `${room.title} · shopcast`;
-    if (page.share_url) shareUrl.value = `${page.share_url}`;
     const host = room.host || {};
     const figures = el("p", { class: "muted host-figures", id: "host-figures" });
     const follow = el("button", { type: "button", id: "follow", "aria-pressed": "false", hidden: true }, t("follow"));
@@ -121,7 +121,34 @@ async function showHost(name, figures, follow) {
   });
 }
 
+// --- the player's shape ------------------------------------------------------------------
+
+/** Size the player for a width:height video: the room's orientation before the first frame,
+ * the decoded frame's size after it (app.css reads --video-aspect and .portrait). */
+function setShape(width, height) {
+  if (!(width > 0 && height > 0)) return;
+  main.classList.toggle("portrait", height > width);
+  main.classList.toggle("landscape", height <= width);
+  main.style.setProperty("--video-aspect", `${width} / ${height}`);
+  hook.shape = { width, height };
+}
+setShape(16, 9);
+
 // --- the player ---------------------------------------------------------------------------
+
+/** This browser's viewer token for the room (POST /api/v1/rooms/ID/viewer-token): the account's
+ * when logged in, else a guest's whose id the browser keeps, so statistics count browsers. */
+let viewerTokenPromise = null;
+function roomViewerToken() {
+  viewerTokenPromise ??= apiOptional("POST", `/api/v1/rooms/${encodeURIComponent(roomId)}/viewer-token`,
+    token() ? {} : { guest_id: viewerId() }).then((a) => a?.token).catch(() => undefined);
+  return viewerTokenPromise;
+}
+
+/** A statistics event of this page (replay pages say so), under the viewer token. */
+async function pageEvent(event) {
+  roomEvent(roomId, { ...event, replay }, { bearer: await roomViewerToken() });
+}
 
 let player = null;
 async function startPlayer(broadcast) {
@@ -131,16 +158,19 @@ async function startPlayer(broadcast) {
     hook.noWebTransport = true;
     return;
   }
-  if (player) { player.remove(); clearInterval(statusPoll); }
+  if (player) { player.remove(); clearInterval(statusPoll); pending.length = 0; }
   let mediaToken;
   if (token() && room && room.state === "rehearsal") {
     mediaToken = (await apiOptional("POST", `/api/v1/rooms/${encodeURIComponent(roomId)}/media-token`, {}))?.token;
   }
+  mediaToken ??= await roomViewerToken();
+  hook.viewerToken = mediaToken;
   player = datagramMode
-    ? new DatagramPlayer(videoBox, { broadcast, path: settings.datagramPath, latencyMs: settings.playerLatencyMs, token: mediaToken })
+    ? new DatagramPlayer(videoBox, { broadcast, path: settings.datagramPath, latencyMs: settings.playerLatencyMs, token: mediaToken, limits: settings.datagram })
     : new RoomPlayer(videoBox, { broadcast, moqPath: settings.moqPath, latencyMs: settings.playerLatencyMs,
       token: mediaToken, announced: !replay });
   hook.player = player;
+  hook.playerStarts = (hook.playerStarts || 0) + 1;
   hook.stats = () => player.stats();
   player.onTrack("viewers", (payload) => showViewers(decode(payload)));
   player.onTrack("chat", (payload) => applyBatch(decode(payload)), () => {});
@@ -148,7 +178,10 @@ async function startPlayer(broadcast) {
   await player.start();
   statusPoll = setInterval(() => {
     const s = player.stats();
-    if (s.framesDecoded > 0) { status.textContent = ""; status.className = "status"; }
+    if (s.framesDecoded > 0) {
+      status.textContent = ""; status.className = "status";
+      if (s.width !== hook.shape?.width || s.height !== hook.shape?.height) setShape(s.width, s.height);
+    }
     else if (s.status === "offline") status.textContent = t("offline");
   }, 500);
 }
@@ -187,6 +220,7 @@ function applyDue() {
 
 function applyCommerce(event) {
   if (event.type === "state") {
+    hook.states = (hook.states || 0) + 1;
     pins.clear();
     for (const pin of event.pins || []) pins.set(pin.id, pin);
   } else if (event.type === "pin") {
@@ -221,28 +255,96 @@ function countdown(pin) {
   return `${t("ends_in")} ${fmt(ends - now)}`;
 }
 
+// Cards are updated in place, keyed by pin id: a commerce state arrives every few seconds and
+// rebuilding the cards would take the keyboard focus off Buy now.
+const cardNodes = new Map();   // pin id -> { card, parts }
+const refreshed = new Set();   // replay: pins whose stock was asked of the API
+
+function cardParts(pin) {
+  const parts = {
+    img: el("img", { alt: "" }),
+    title: el("h3", {}),
+    flash: el("p", { class: "flash" }, "⚡ ", t("flash_sale"), " ", el("span", { class: "countdown", dataset: { pin: pin.id } })),
+    price: el("p", { class: "price" }),
+    coupon: el("p", { class: "coupon" }),
+    stock: el("p", { class: "stock" }),
+    buy: el("button", { type: "button", class: "buy", onclick: () => openCheckout(pins.get(pin.id) || pin) }, t("buy_now")),
+  };
+  const card = el("article", { class: "product-card", dataset: { pin: pin.id } },
+    parts.img, el("div", {}, parts.title, parts.flash, parts.price, parts.coupon, parts.stock, parts.buy));
+  return { card, parts };
+}
+
+function setText(node, value) { if (node.textContent !== value) node.textContent = value; }
+
+function updateCard({ card, parts }, pin) {
+  const product = pin.product || {};
+  const sale = pin.flash_sale;
+  const price = sale ? sale.price_minor : product.price_minor;
+  const stock = sale ? Math.max(0, sale.stock_cap - sale.sold) : product.stock;
+  const src = product.images && product.images[0] ? product.images[0] : "/static/img/product.svg";
+  if (parts.img.getAttribute("src") !== src) parts.img.setAttribute("src", src);
+  parts.img.alt = product.title || "";
+  card.setAttribute("aria-label", product.title || "");
+  setText(parts.title, product.title || "");
+  parts.flash.hidden = !sale;
+  if (sale) setText(parts.flash.querySelector(".countdown"), countdown(pin));
+  const priceText = `${sale ? money(product.price_minor, product.currency) : ""} ${money(price, product.currency)}`;
+  if (parts.price.dataset.text !== priceText) {
+    parts.price.dataset.text = priceText;
+    parts.price.replaceChildren(sale ? el("s", {}, money(product.price_minor, product.currency)) : "", " ", money(price, product.currency));
+  }
+  parts.coupon.hidden = !pin.coupon;
+  setText(parts.coupon, pin.coupon ? pin.coupon.code : "");
+  setText(parts.stock, stock > 0 ? `${t("stock")}: ${stock}` : t("sold_out"));
+  parts.buy.disabled = !(stock > 0);
+}
+
+/** Replay: the stock shown is the recording's; ask the API for today's once a card shows. */
+async function refreshStock(pin) {
+  const productId = pin.product?.id;
+  if (!replay || !productId || refreshed.has(pin.id)) return;
+  refreshed.add(pin.id);
+  const product = await apiOptional("GET", `/api/v1/products/${encodeURIComponent(productId)}`).catch(() => null);
+  if (!product) return;
+  const now = pins.get(pin.id);
+  if (!now) return;
+  // Only the stock is taken from the API (GET /api/v1/products/ID names prices differently).
+  const skuStock = new Map((product.skus || []).map((s) => [s.id, s.stock]));
+  const skus = (now.product.skus || []).map((s) => (skuStock.has(s.id) ? { ...s, stock: skuStock.get(s.id) } : s));
+  const stock = [...skuStock.values()].reduce((n, v) => n + (v || 0), 0);
+  // A sale's cap is the recording's; a sold-out product is sold out whatever the card says.
+  const saleLeft = now.flash_sale ? Math.max(0, now.flash_sale.stock_cap - now.flash_sale.sold) : null;
+  const updated = { ...now, product: { ...now.product, skus, stock } };
+  if (now.flash_sale) updated.flash_sale = { ...now.flash_sale, stock_cap: now.flash_sale.sold + Math.min(saleLeft, stock) };
+  pins.set(pin.id, updated);
+  liveStock.set(pin.id, updated);
+  renderCards();
+}
+const liveStock = new Map();   // replay: pin id -> the pin with the API's stock
+
 function renderCards() {
-  const shown = [...pins.values()];
-  cards.replaceChildren(...shown.map((pin) => {
-    const product = pin.product || {};
-    const sale = pin.flash_sale;
-    const price = sale ? sale.price_minor : product.price_minor;
-    const stock = sale ? Math.max(0, sale.stock_cap - sale.sold) : product.stock;
-    const card = el("article", { class: "product-card", dataset: { pin: pin.id }, "aria-label": product.title },
-      el("img", { src: product.images && product.images[0] ? product.images[0] : "/static/img/product.svg", alt: product.title || "" }),
-      el("div", {},
-        el("h3", {}, product.title),
-        sale ? el("p", { class: "flash" }, "⚡ ", t("flash_sale"), " ", el("span", { class: "countdown", dataset: { pin: pin.id } }, countdown(pin))) : null,
-        el("p", { class: "price" }, sale ? el("s", {}, money(product.price_minor, product.currency)) : null, " ", money(price, product.currency)),
-        pin.coupon ? el("p", { class: "coupon" }, pin.coupon.code) : null,
-        el("p", { class: "stock" }, stock > 0 ? `${t("stock")}: ${stock}` : t("sold_out")),
-        el("button", { type: "button", class: "buy", disabled: stock <= 0, onclick: () => openCheckout(pin) }, t("buy_now"))));
+  const shown = [...pins.values()].map((pin) => {
+    // A replayed state carries the recording's stock: keep the API's once known.
+    const known = liveStock.get(pin.id);
+    if (known && known !== pin) { pins.set(pin.id, known); return known; }
+    return pin;
+  });
+  const keep = new Set(shown.map((pin) => pin.id));
+  for (const [id, node] of cardNodes) if (!keep.has(id)) { node.card.remove(); cardNodes.delete(id); }
+  shown.forEach((pin, i) => {
+    let node = cardNodes.get(pin.id);
+    if (!node) { node = cardParts(pin); cardNodes.set(pin.id, node); }
+    updateCard(node, pin);
+    // Move only what is out of place: moving a node takes the focus off it.
+    if (cards.children[i] !== node.card) cards.insertBefore(node.card, cards.children[i] || null);
     if (!hook.pinsShown.includes(pin.id)) {
       hook.pinsShown.push(pin.id);
-      roomEvent(roomId, { type: "impression", pin_id: pin.id, product_id: product.id, replay });
+      pageEvent({ type: "impression", pin_id: pin.id, product_id: pin.product?.id });
+      refreshStock(pin);
     }
-    return card;
-  }));
+  });
+  hook.cardRenders = (hook.cardRenders || 0) + 1;
 }
 
 setInterval(() => {
@@ -259,7 +361,7 @@ const dialog = el("dialog", { id: "checkout", "aria-labelledby": "checkout-title
 document.body.append(dialog);
 
 function openCheckout(pin) {
-  roomEvent(roomId, { type: "click", pin_id: pin.id, product_id: pin.product?.id, replay });
+  pageEvent({ type: "click", pin_id: pin.id, product_id: pin.product?.id });
   if (!token()) { location.href = `/login?next=${encodeURIComponent(location.pathname)}`; return; }
   const product = pin.product || {};
   const skus = product.skus || [];
@@ -432,12 +534,19 @@ async function copyLink() {
   shareUrl.select();
   try { await navigator.clipboard.writeText(shareUrl.value); } catch { document.execCommand?.("copy"); }
   shareCopied.textContent = t("copied");
-  roomEvent(roomId, { type: "share", replay });
+  pageEvent({ type: "share" });
 }
 
 // --- start --------------------------------------------------------------------------------
 
-roomEvent(roomId, { type: "arrival", source: ["upcoming", "share"].includes(params.get("from")) ? params.get("from") : "direct", replay });
+pageEvent({ type: "arrival", source: ["upcoming", "share"].includes(params.get("from")) ? params.get("from") : "direct" });
 await loadRoom();
-await startPlayer(roomId);
+if (replay && !settings.replayAvailable) {
+  // Never the live broadcast under a Replay badge: say so, and link to the live page.
+  status.classList.add("error");
+  status.replaceChildren(t("no_replay"), " ", el("a", { href: `/live/${encodeURIComponent(roomId)}`, id: "to-live" }, t("to_live")));
+  hook.noReplay = true;
+} else {
+  await startPlayer(roomId);
+}
 openChat();

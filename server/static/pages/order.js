@@ -1,5 +1,5 @@
-// One order's status (GET /api/v1/orders/ID), refreshed while it is pending.
-import { apiOptional, el, frame, money, token, when } from "../lib/api.js";
+// One order's status (GET /api/v1/orders/ID), refreshed while it may still change.
+import { apiOptional, el, frame, money, settings, token, when } from "../lib/api.js";
 import { t } from "../lib/i18n.js";
 
 const orderId = decodeURIComponent(location.pathname.split("/")[2] || "");
@@ -24,12 +24,16 @@ async function show() {
     order.room_id ? el("p", {}, el("a", { href: `/live/${encodeURIComponent(order.room_id)}` }, t("back_to_room"))) : "");
   return order;
 }
+// Statuses the seller or the payment provider may still move on their own; the page looks again
+// every [web] order_poll_interval_s, at most [web] order_poll_max times.
+const WAITING = ["pending", "paid"];
 if (!token()) main.append(el("p", {}, t("not_logged_in"), " ", el("a", { href: `/login?next=${encodeURIComponent(location.pathname)}` }, t("login"))));
 else {
   let order = await show();
-  // A payment that succeeds after a delay turns pending into paid: look again for a while.
-  for (let i = 0; order && order.status === "pending" && i < 30; i++) {
-    await new Promise((r) => setTimeout(r, 2000));
+  let polls = 0;
+  for (; order && WAITING.includes(order.status) && polls < settings.orderPollMax; polls++) {
+    await new Promise((r) => setTimeout(r, settings.orderPollIntervalS * 1000));
     order = await show();
   }
+  if (order && WAITING.includes(order.status)) main.append(el("p", { class: "muted", id: "order-poll-stopped" }, t("order_poll_stopped")));
 }

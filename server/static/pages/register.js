@@ -15,7 +15,8 @@ const form = el("form", { class: "stack", id: "register-form" },
   ...field("password", "password", { type: "password", required: true, autocomplete: "new-password" }),
   ...field("display_name", "display_name"),
   el("label", { for: "role" }, t("role")), role,
-  el("p", {}, el("a", { href: terms.url, target: "_blank", rel: "noopener" }, t("terms"), ` (${terms.version})`)),
+  el("p", {}, el("a", { href: terms.url, id: "terms-link", target: "_blank", rel: "noopener" }, t("read_terms")),
+    ` · ${t("terms_version")} `, el("span", { id: "terms-version" }, terms.version)),
   el("label", { class: "check" }, accept, " ", t("accept_terms")),
   el("button", { type: "submit", class: "primary" }, t("create_account")), status);
 main.append(el("h1", {}, t("register")), form);
