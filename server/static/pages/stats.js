@@ -38,7 +38,8 @@ const KINDS = {
 // (key in the report, label key, kind) per group.
 const AUDIENCE = [["peak_concurrent", "peak_concurrent", "count"], ["unique_viewers", "unique_viewers", "count"],
   ["sessions", "sessions", "count"], ["views", "views", "count"], ["average_watch_time_s", "average_watch_time_s", "seconds"],
-  ["chat_messages", "chat_messages", "count"], ["chatters", "chatters", "count"], ["reactions", "reactions_n", "count"]];
+  ["chat_messages", "chat_messages", "count"], ["chatters", "chatters", "count"], ["reactions", "reactions_n", "count"],
+  ["arrivals", "arrivals_n", "count"], ["shares", "shares_n", "count"]];
 const COMMERCE = [["impressions", "impressions", "count"], ["clicks", "clicks", "count"], ["ctr", "ctr", "rate"],
   ["orders", "orders_n", "count"], ["paid_orders", "paid_orders", "count"], ["click_to_order", "click_to_order", "rate"],
   ["gmv_minor", "gmv", "gmv"], ["buyers", "buyers", "count"], ["conversion_rate", "conversion_rate", "rate"],
