@@ -83,6 +83,12 @@ class OpenApiPlugin:
         # The viewer pages (server/_pages.py) and the host console (server/_pages_host.py).
         from shopcast.server._pages import documented_routes
         from shopcast.server._pages_host import documented_host_routes
+        from shopcast.server._interaction import documented_chat_routes
+
+        for method, pattern, name, summary, content_type, roles, responses in documented_chat_routes():
+            if name in present:
+                api.document_route(method, pattern, name=name, tag="live", summary=summary,
+                                   roles=roles, responses=responses, content_type=content_type)
 
         for method, pattern, name, summary, content_type, roles, responses in (
                 documented_routes() + documented_host_routes()):

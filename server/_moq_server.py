@@ -186,6 +186,60 @@ class _Subscription:
         self._draining.clear()
 
 
+class _EndWhenBehindSubscription(_Subscription):
+    """A subscription to a track where every object matters (a room's chat).
+
+    Resetting the groups its viewer is behind on would lose messages without a
+    word, so once the viewer has more than the track's
+    ``end_subscribers_past_bytes`` unacknowledged, the whole subscription is
+    ended with BOUNDS_EXCEEDED and counted; the viewer may subscribe again.
+    The Track may be iterating its sinks when that happens, so it leaves the
+    Track at the next group boundary (those calls iterate a copy).
+    """
+
+    ended_for_backlog = False
+
+    def group_started(self, track: Track, group: Group) -> None:
+        if self.ended_for_backlog:
+            track.unsubscribe(self)
+        elif not self._end_if_behind():
+            super().group_started(track, group)
+
+    def frame(self, track: Track, group: Group, payload: bytes) -> None:
+        if not self.ended_for_backlog and not self._end_if_behind():
+            super().frame(track, group, payload)
+
+    def group_ended(self, track: Track, group: Group) -> None:
+        if self.ended_for_backlog:
+            track.unsubscribe(self)
+        else:
+            super().group_ended(track, group)
+
+    def _drop_stale(self, now: float) -> None:
+        # Never reset a group: only forget the finished ones fully acknowledged.
+        self._draining = [(stream, started) for stream, started in self._draining
+                          if stream.backlog_bytes]
+
+    def _end_if_behind(self) -> bool:
+        limit = self.track.end_subscribers_past_bytes
+        if limit is None or self.queued_bytes <= limit:
+            return False
+        self.ended_for_backlog = True
+        connection = self.connection
+        connection.subscriptions.pop(self.stream_id, None)
+        for stream, _ in self._draining:
+            stream.reset(ErrorCode.BOUNDS_EXCEEDED)
+        self._draining.clear()
+        self._open.clear()
+        self._started.clear()
+        connection.moq.end_subscription(self.stream_id, ErrorCode.BOUNDS_EXCEEDED)
+        connection.flush()
+        self.track.stats.subscribers_ended += 1
+        if self.track.on_subscriber_ended is not None:
+            self.track.on_subscriber_ended(self.track)
+        return True
+
+
 @dataclass(frozen=True)
 class ReceivedFrame:
     """A frame received on a subscription, with when it arrived."""
@@ -492,10 +546,17 @@ class MoqConnection:
             self.moq.reject_subscribe(event.stream_id, ErrorCode.UNAUTHORIZED)
             return
         track = broadcast.tracks[event.track]
+        if track.may_subscribe is not None:
+            claims = self.session.claims
+            if not track.may_subscribe(track, claims.subject if claims is not None else None):
+                self.stats.refused_unauthorized += 1
+                self.moq.reject_subscribe(event.stream_id, ErrorCode.UNAUTHORIZED)
+                return
         if broadcast.viewers.joined(self, self._identity()):
             self._watching.add(broadcast)
             self.server.on_viewer(broadcast, True, self._identity())
-        subscription = _Subscription(self, event.stream_id, track)
+        kind = _Subscription if track.end_subscribers_past_bytes is None else _EndWhenBehindSubscription
+        subscription = kind(self, event.stream_id, track)
         if not self.moq.accept_subscribe(event.stream_id):
             return
         self.subscriptions[event.stream_id] = subscription

@@ -23,6 +23,25 @@ def chat_url(started, tok: str, room: str = "demo") -> str:
     return f"https://127.0.0.1:{started.port}/chat?room={room}&token={tok}"
 
 
+def http_get(started, path: str, tok: str | None) -> tuple[int, bytes]:
+    """GET ``path`` with a Bearer token (blocking: run it in a thread)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    request = urllib.request.Request(f"https://127.0.0.1:{started.port}{path}")
+    if tok:
+        request.add_header("Authorization", f"Bearer {tok}")
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+async def get(started, path: str, tok: str | None) -> tuple[int, bytes]:
+    return await trio.to_thread.run_sync(http_get, started, path, tok)
+
+
 def open_chat(started, tok, room="demo"):
     return connect_chat(f"https://127.0.0.1:{started.port}", room, tok,
                         certificate_sha256=started.app.certificate.sha256_hex)
@@ -85,12 +104,21 @@ async def test_moderator_mute_takes_effect_at_once_and_viewers_cannot_moderate(r
         assert muted["code"] == "muted" and muted["retry_after_s"] > 0
         room = started.app.interaction.rooms["demo"]
         assert sent["id"] not in [m.id for m in room.history()]
-        assert [e.action for e in room.audit] == ["mute"]
+        before = time.time()
         # A ban ends the banned viewer's chat session.
         assert (await host.request(type="ban", account="spammer"))["type"] == "ok"
         with trio.fail_after(10):
             await viewer.session.wait_closed()
         assert "banned" in viewer.session.close_reason
+        # Every action is in the audit log, with wall-clock times, for moderators only.
+        status, body = await get(started, "/api/v1/rooms/demo/chat/audit", token(started, "host", "the-host"))
+        assert status == 200
+        entries = json.loads(body)["entries"]
+        assert [(e["actor"], e["action"], e["target"]) for e in entries] == [
+            ("the-host", "mute", "spammer"), ("the-host", "ban", "spammer")]
+        assert all(before - 60 <= e["t"] <= time.time() for e in entries)
+        status, body = await get(started, "/api/v1/rooms/demo/chat/audit", token(started, "viewer", "v"))
+        assert status == 403
 
 
 @pytest.mark.parametrize("payload, field", [
@@ -128,30 +156,19 @@ async def test_owner_downloads_the_chat_as_csv_and_json(running_server):
     async with contextlib.AsyncExitStack() as stack:
         started = running_server
         alice = await stack.enter_async_context(open_chat(started, token(started, "viewer", "alice")))
+        before = time.time()
         await alice.request(type="message", text='quotes "and", commas')
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-
-        def get(path: str, tok: str | None) -> tuple[int, bytes]:
-            request = urllib.request.Request(f"https://127.0.0.1:{started.port}{path}")
-            if tok:
-                request.add_header("Authorization", f"Bearer {tok}")
-            try:
-                with urllib.request.urlopen(request, context=context, timeout=10) as response:
-                    return response.status, response.read()
-            except urllib.error.HTTPError as error:
-                return error.code, error.read()
-
         host = token(started, "host", "the-host")
-        status, body = await trio.to_thread.run_sync(get, "/api/v1/rooms/demo/chat", host)
+        status, body = await get(started, "/api/v1/rooms/demo/chat", host)
         assert status == 200
-        assert [m["text"] for m in json.loads(body)["messages"]] == ['quotes "and", commas']
-        status, body = await trio.to_thread.run_sync(get, "/api/v1/rooms/demo/chat?format=csv", host)
+        messages = json.loads(body)["messages"]
+        assert [m["text"] for m in messages] == ['quotes "and", commas']
+        assert before <= messages[0]["t"] <= time.time()  # wall-clock Unix seconds
+        status, body = await get(started, "/api/v1/rooms/demo/chat?format=csv", host)
         assert status == 200 and body.decode().splitlines()[1].endswith('"quotes ""and"", commas"')
-        status, body = await trio.to_thread.run_sync(get, "/api/v1/rooms/demo/chat", token(started, "viewer", "v"))
+        status, body = await get(started, "/api/v1/rooms/demo/chat", token(started, "viewer", "v"))
         assert status == 403
-        status, body = await trio.to_thread.run_sync(get, "/api/v1/rooms/demo/viewers", None)
+        status, body = await get(started, "/api/v1/rooms/demo/viewers", None)
         assert status == 200 and set(json.loads(body)) == {"room_id", "concurrent", "unique", "peak"}
 
 

@@ -65,7 +65,7 @@ def test_token_bucket_then_flood_mute_with_notice():
         say(room, BOB, "after a while", 10.0)
     assert info.value.code == "muted"
     assert say(room, BOB, "back", 31.0) is not None
-    assert room.audit[-1].action == "mute" and "flooding" in room.audit[-1].detail
+    assert room.unsaved_audit[-1].action == "mute" and "flooding" in room.unsaved_audit[-1].detail
     say(room, ALICE, "others unaffected", 0.2)
 
 
@@ -111,7 +111,7 @@ def test_mute_makes_messages_disappear_and_ban_stops_everything():
     assert info.value.code == "banned"
     with pytest.raises(ChatError):
         room.react(ALICE, "like", now_s=3.0)
-    assert [e.action for e in room.audit] == ["mute", "ban"]
+    assert [e.action for e in room.unsaved_audit] == ["mute", "ban"]
 
 
 def test_blocklists_refuse_or_hold_for_review():
@@ -134,7 +134,7 @@ def test_blocklists_refuse_or_hold_for_review():
     room.reject(MOD, room.held()[0].id, now_s=9.0)
     statuses = [status for _, status in room.transcript()]
     assert statuses == ["visible", "visible", "rejected"]
-    assert [e.action for e in room.audit][-3:] == ["mode", "approve", "reject"]
+    assert [e.action for e in room.unsaved_audit][-3:] == ["mode", "approve", "reject"]
 
 
 def test_viewers_cannot_moderate():
@@ -148,13 +148,13 @@ def test_viewers_cannot_moderate():
         with pytest.raises(ChatError) as info:
             action()
         assert info.value.code == "forbidden"
-    assert room.audit == []
+    assert room.unsaved_audit == []
 
 
 def test_reactions_are_counted_per_interval_never_one_by_one():
     room = ChatRoom("r")
-    for _ in range(500):
-        room.react(BOB, "heart", now_s=0.0)
+    for i in range(500):  # 500 viewers, each within their own reaction bucket
+        room.react(Author(f"v{i}", f"V{i}"), "heart", now_s=0.0)
     room.react(ALICE, "like", now_s=0.0)
     batch = room.tick(now_s=0.1)
     assert batch.messages == [] and batch.reactions == {"heart": 500, "like": 1}
@@ -164,6 +164,26 @@ def test_reactions_are_counted_per_interval_never_one_by_one():
     with pytest.raises(ChatError) as info:
         room.react(BOB, "poop", now_s=1)
     assert info.value.field == "kind"
+
+
+def test_reactions_have_a_token_bucket_and_the_silenced_may_not_react():
+    room = ChatRoom("r", ChatLimits(reaction_bucket_capacity=3, reaction_refill_per_s=2))
+    for _ in range(3):
+        room.react(BOB, "heart", now_s=0.0)
+    with pytest.raises(ChatError) as info:
+        room.react(BOB, "heart", now_s=0.1)
+    assert info.value.code == "rate_limited" and info.value.retry_after_s == pytest.approx(0.4)
+    room.react(BOB, "heart", now_s=0.6)  # one earned back
+    room.react(ALICE, "like", now_s=0.1)  # others unaffected
+    room.mute(MOD, BOB.account_id, 60, now_s=1.0)
+    with pytest.raises(ChatError) as info:
+        room.react(BOB, "heart", now_s=5.0)
+    assert info.value.code == "muted"
+    room.ban(MOD, ALICE.account_id, now_s=1.0)
+    with pytest.raises(ChatError) as info:
+        room.react(ALICE, "like", now_s=5.0)
+    assert info.value.code == "banned"
+    assert room.tick(now_s=6.0).reactions == {"heart": 4, "like": 1}
 
 
 def test_history_keeps_the_last_n():
