@@ -193,17 +193,24 @@ class _EndWhenBehindSubscription(_Subscription):
     word, so once the viewer has more than the track's
     ``end_subscribers_past_bytes`` unacknowledged, the whole subscription is
     ended with BOUNDS_EXCEEDED and counted; the viewer may subscribe again.
-    The Track may be iterating its sinks when that happens, so it leaves the
-    Track at the next group boundary (those calls iterate a copy).
+    The group a new subscriber is handed from the cache (its catch-up, at most
+    one group) is not counted until it is acknowledged: joining a busy chat
+    is not falling behind. The Track may be iterating its sinks when the
+    subscription ends, so it leaves the Track at the next group boundary
+    (those calls iterate a copy).
     """
 
     ended_for_backlog = False
+    _catch_up: tuple[WebTransportSendStream, int] | None = None
 
     def group_started(self, track: Track, group: Group) -> None:
         if self.ended_for_backlog:
             track.unsubscribe(self)
         elif not self._end_if_behind():
             super().group_started(track, group)
+            stream = self._open.get(group.sequence)
+            if group.frames and stream is not None:  # handed from the cache: a joiner's catch-up
+                self._catch_up = (stream, group.size_bytes)
 
     def frame(self, track: Track, group: Group, payload: bytes) -> None:
         if not self.ended_for_backlog and not self._end_if_behind():
@@ -222,7 +229,15 @@ class _EndWhenBehindSubscription(_Subscription):
 
     def _end_if_behind(self) -> bool:
         limit = self.track.end_subscribers_past_bytes
-        if limit is None or self.queued_bytes <= limit:
+        if limit is None:
+            return False
+        if self._catch_up is not None:
+            stream, size = self._catch_up
+            if stream.backlog_bytes == 0:
+                self._catch_up = None
+            else:
+                limit += size
+        if self.queued_bytes <= limit:
             return False
         self.ended_for_backlog = True
         connection = self.connection
@@ -232,6 +247,7 @@ class _EndWhenBehindSubscription(_Subscription):
         self._draining.clear()
         self._open.clear()
         self._started.clear()
+        self._catch_up = None
         connection.moq.end_subscription(self.stream_id, ErrorCode.BOUNDS_EXCEEDED)
         connection.flush()
         self.track.stats.subscribers_ended += 1
