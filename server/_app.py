@@ -569,6 +569,7 @@ async def run_server(config: Config, *, shutdown: trio.Event | None = None,
             await https_done.wait()
             await rtmp_done.wait()
         await app.plugins.notify("shopcast_shutdown", app=app)
+        await app.interaction.save()  # the chat's last changes, before the database closes
         nursery.cancel_scope.cancel()
     await app.db.close()
     log.info("stopped")

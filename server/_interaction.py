@@ -132,9 +132,10 @@ class InteractionService:
         self._sessions: dict[str, dict[WebTransportSession, Author]] = {}
         self._chat_group_at: dict[str, float] = {}
         self._global_blocklist = {normalize_for_matching(t) for t in self.settings.global_blocklist}
-        self._loaded: set[str] = set()
+        self._loaded: dict[str, trio.Event] = {}
         self._ended_at: dict[str, float] = {}
         self._save_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
         self.db: Repository | None = None
         self.clock: Callable[[], float] = time.time
         """Wall-clock time (Unix s) for stamps, mutes and the audit log."""
@@ -158,6 +159,8 @@ class InteractionService:
             self._ended_at[broadcast.name] = trio.current_time()
             return
         self._ended_at.pop(broadcast.name, None)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._load, broadcast.name)
         chat = broadcast.track(CHAT_TRACK)
         chat.end_subscribers_past_bytes = self.settings.subscriber_backlog_bytes
         chat.on_subscriber_ended = self._subscriber_dropped
@@ -186,12 +189,26 @@ class InteractionService:
         """The chat of ``room_id`` with its stored state (modes, bans, mutes,
         blocklist, message ids and recent messages) loaded once."""
         room = self.room(room_id)
-        if room_id not in self._loaded and self.db is not None:
-            self._loaded.add(room_id)
+        if self.db is None:
+            return room
+        loaded = self._loaded.get(room_id)
+        if loaded is not None:
+            await loaded.wait()
+            return room
+        loaded = self._loaded[room_id] = trio.Event()
+        try:
             state, next_id, recent = await self.db.read(
                 lambda c: ChatStore.load(c, room_id, self.settings.limits.history_messages))
             room.restore(state, next_id=next_id, recent=recent)
+        finally:
+            loaded.set()
         return room
+
+    async def _load(self, room_id: str) -> None:
+        try:
+            await self.open_room(room_id)
+        except Exception:
+            log.error("chat_load_failed", room=room_id, exc_info=True)
 
     # --- what outlives the process --------------------------------------------------------
 
@@ -249,7 +266,7 @@ class InteractionService:
                     room = self.rooms.get(room_id)
                     if room is not None and not room.take_unsaved():
                         self.rooms.pop(room_id, None)
-                        self._loaded.discard(room_id)
+                        self._loaded.pop(room_id, None)
                         self._chat_group_at.pop(room_id, None)
                     elif room is not None:
                         self._ended_at[room_id] = ended  # changes came in: next round
@@ -347,7 +364,12 @@ class InteractionService:
         second, on every live broadcast, and save chat changes every
         ``save_interval_s``. Never returns unless cancelled."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._save_forever)
+            # Rooms already live load their stored state (bans among it) now,
+            # the others when they start.
+            for name in list(self.relay.broadcasts):
+                nursery.start_soon(self._load, name)
             task_status.started()
             next_viewers = -math.inf
             while True:

@@ -3,9 +3,7 @@ chat and viewers tracks over moq-lite, moderation, bad input, downloads."""
 
 import contextlib
 import json
-import ssl
 import time
-import urllib.request
 
 import msgpack
 import pytest
@@ -21,25 +19,6 @@ def token(started, role: str, subject: str, room: str = "demo") -> str:
 
 def chat_url(started, tok: str, room: str = "demo") -> str:
     return f"https://127.0.0.1:{started.port}/chat?room={room}&token={tok}"
-
-
-def http_get(started, path: str, tok: str | None) -> tuple[int, bytes]:
-    """GET ``path`` with a Bearer token (blocking: run it in a thread)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    request = urllib.request.Request(f"https://127.0.0.1:{started.port}{path}")
-    if tok:
-        request.add_header("Authorization", f"Bearer {tok}")
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-async def get(started, path: str, tok: str | None) -> tuple[int, bytes]:
-    return await trio.to_thread.run_sync(http_get, started, path, tok)
 
 
 def open_chat(started, tok, room="demo"):
@@ -89,7 +68,7 @@ async def test_viewers_chat_with_each_other_and_see_counts(running_server):
         assert [m["text"] for m in history["messages"]] == ["hello bob 👋", "hi alice! 🎉"]
 
 
-async def test_moderator_mute_takes_effect_at_once_and_viewers_cannot_moderate(running_server):
+async def test_moderator_mute_takes_effect_at_once_and_viewers_cannot_moderate(running_server, http_get):
     # Sessions close in reverse order, in this task (trio nurseries nest).
     async with contextlib.AsyncExitStack() as stack:
         started = running_server
@@ -111,13 +90,13 @@ async def test_moderator_mute_takes_effect_at_once_and_viewers_cannot_moderate(r
             await viewer.session.wait_closed()
         assert "banned" in viewer.session.close_reason
         # Every action is in the audit log, with wall-clock times, for moderators only.
-        status, body = await get(started, "/api/v1/rooms/demo/chat/audit", token(started, "host", "the-host"))
+        status, body = await http_get(started, "/api/v1/rooms/demo/chat/audit", token(started, "host", "the-host"))
         assert status == 200
         entries = json.loads(body)["entries"]
         assert [(e["actor"], e["action"], e["target"]) for e in entries] == [
             ("the-host", "mute", "spammer"), ("the-host", "ban", "spammer")]
         assert all(before - 60 <= e["t"] <= time.time() for e in entries)
-        status, body = await get(started, "/api/v1/rooms/demo/chat/audit", token(started, "viewer", "v"))
+        status, body = await http_get(started, "/api/v1/rooms/demo/chat/audit", token(started, "viewer", "v"))
         assert status == 403
 
 
@@ -151,7 +130,7 @@ async def test_chat_needs_a_token_for_the_room(running_server):
             assert s.close_code == 6
 
 
-async def test_owner_downloads_the_chat_as_csv_and_json(running_server):
+async def test_owner_downloads_the_chat_as_csv_and_json(running_server, http_get):
     # Sessions close in reverse order, in this task (trio nurseries nest).
     async with contextlib.AsyncExitStack() as stack:
         started = running_server
@@ -159,16 +138,16 @@ async def test_owner_downloads_the_chat_as_csv_and_json(running_server):
         before = time.time()
         await alice.request(type="message", text='quotes "and", commas')
         host = token(started, "host", "the-host")
-        status, body = await get(started, "/api/v1/rooms/demo/chat", host)
+        status, body = await http_get(started, "/api/v1/rooms/demo/chat", host)
         assert status == 200
         messages = json.loads(body)["messages"]
         assert [m["text"] for m in messages] == ['quotes "and", commas']
         assert before <= messages[0]["t"] <= time.time()  # wall-clock Unix seconds
-        status, body = await get(started, "/api/v1/rooms/demo/chat?format=csv", host)
+        status, body = await http_get(started, "/api/v1/rooms/demo/chat?format=csv", host)
         assert status == 200 and body.decode().splitlines()[1].endswith('"quotes ""and"", commas"')
-        status, body = await get(started, "/api/v1/rooms/demo/chat", token(started, "viewer", "v"))
+        status, body = await http_get(started, "/api/v1/rooms/demo/chat", token(started, "viewer", "v"))
         assert status == 403
-        status, body = await get(started, "/api/v1/rooms/demo/viewers", None)
+        status, body = await http_get(started, "/api/v1/rooms/demo/viewers", None)
         assert status == 200 and set(json.loads(body)) == {"room_id", "concurrent", "unique", "peak"}
 
 
