@@ -508,6 +508,9 @@ class ChatRoom:
                          self.hold_for_review, tuple(sorted(self.blocklist)), tuple(sorted(self._banned)),
                          tuple(sorted(self._muted_until.items())))
 
+    def has_unsaved(self) -> bool:
+        return bool(self._unsaved_messages or self.unsaved_audit or self._state_changed)
+
     def take_unsaved(self) -> Unsaved:
         """What changed since the last call: new messages and status changes,
         moderation actions, and the moderation state if it changed."""

@@ -69,11 +69,13 @@ class OpenApiPlugin:
                              {200: ("Viewer counts.", {"type": "object", "required": ["room_id"]}),
                               404: ("The room is not live.", error)}),
             "room_chat_download": ("GET", "/api/v1/rooms/{room_id}/chat", "live", room_scoped,
-                                   "The room's whole chat as JSON, or CSV with ?format=csv "
-                                   "(room-scoped token).",
+                                   "The room's whole chat as JSON, or CSV with ?format=csv (the "
+                                   "room's owner and operators; times in Unix seconds).",
                                    {200: ("The chat.", {"type": "object",
                                                         "required": ["room_id", "messages"]}),
-                                    400: ("Unknown format.", error), **denied}),
+                                    400: ("Unknown format.", error), 401: denied[401],
+                                    403: ("A token of another role or room, or not the room's "
+                                          "owner.", error)}),
         }
         present = {name for _, _, name in api.router.route_table()}
         for name, (method, pattern, tag, roles, summary, responses) in foreign.items():

@@ -264,12 +264,12 @@ class InteractionService:
                 if now - ended >= self.settings.ended_room_keep_s and room_id not in self.relay.broadcasts:
                     self._ended_at.pop(room_id)
                     room = self.rooms.get(room_id)
-                    if room is not None and not room.take_unsaved():
-                        self.rooms.pop(room_id, None)
-                        self._loaded.pop(room_id, None)
-                        self._chat_group_at.pop(room_id, None)
-                    elif room is not None:
-                        self._ended_at[room_id] = ended  # changes came in: next round
+                    if room is not None and self.db is not None and room.has_unsaved():
+                        self._ended_at[room_id] = ended  # not saved yet: next round
+                        continue
+                    self.rooms.pop(room_id, None)
+                    self._loaded.pop(room_id, None)
+                    self._chat_group_at.pop(room_id, None)
 
     # --- sessions ------------------------------------------------------------------------
 

@@ -46,6 +46,9 @@ async def test_viewers_chat_with_each_other_and_see_counts(running_server):
             with trio.fail_after(10):
                 while len(seen) < 2 or not reactions:
                     batch = msgpack.unpackb((await chat_track.frames.receive()).payload)
+                    # Server time is wall-clock Unix seconds, in batches and messages.
+                    assert abs(batch["t"] - time.time()) < 60
+                    assert all(abs(m["t"] - time.time()) < 60 for m in batch["messages"])
                     seen += [(m["name"], m["text"], m["reply_to"]) for m in batch["messages"]]
                     reactions.update(batch["reactions"])
             assert seen == [("alice", "hello bob 👋", None), ("bob", "hi alice! 🎉", first)]
