@@ -105,6 +105,8 @@ class ChatLimits:
     """Entries in a request's msgpack map (count)."""
     reply_window_messages: int = 1000
     """Recent visible messages that may be replied to or deleted (count)."""
+    audit_entries: int = 1000
+    """Moderation actions kept in memory per room, and answered by the audit route (count)."""
 
 
 @dataclass(frozen=True)
@@ -350,6 +352,8 @@ class ChatRoom:
         self.registered_only = False
         self.followers_only = False
         self.hold_for_review = False
+        self.audit: deque[AuditEntry] = deque(maxlen=self.limits.audit_entries)
+        """The latest moderation actions (all of them are handed over by ``take_unsaved``)."""
         self.unsaved_audit: list[AuditEntry] = []
         """Moderation actions not yet handed over by ``take_unsaved``."""
         self._unsaved_messages: dict[int, tuple[ChatMessage, str]] = {}
@@ -739,4 +743,6 @@ class ChatRoom:
         raise ChatError("outranked", f"a {actor.role.value} may not moderate a {target.value}", field)
 
     def _log(self, now_s: float, actor: Author, action: str, target: str, detail: str = "") -> None:
-        self.unsaved_audit.append(AuditEntry(now_s, actor.account_id, actor.role.value, action, target, detail))
+        entry = AuditEntry(now_s, actor.account_id, actor.role.value, action, target, detail)
+        self.audit.append(entry)
+        self.unsaved_audit.append(entry)

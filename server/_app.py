@@ -160,12 +160,11 @@ class ServerApp:
                 reaction_bucket_capacity=chat.reaction_bucket_capacity,
                 reaction_refill_per_s=chat.reaction_refill_per_s, min_mute_s=chat.min_mute_s,
                 max_mute_s=chat.max_mute_s, max_request_fields=chat.max_request_fields,
-                reply_window_messages=chat.reply_window_messages),
+                reply_window_messages=chat.reply_window_messages, audit_entries=chat.audit_entries),
             viewers_interval_s=chat.viewers_interval_ms / 1000,
             chat_group_s=chat.group_ms / 1000, global_blocklist=chat.global_blocklist,
             subscriber_backlog_bytes=chat.subscriber_backlog_bytes,
-            save_interval_s=chat.save_interval_ms / 1000, ended_room_keep_s=chat.ended_room_keep_s,
-            audit_entries=chat.audit_entries))
+            save_interval_s=chat.save_interval_ms / 1000, ended_room_keep_s=chat.ended_room_keep_s))
         self.quic.session_handlers[chat.path] = self.interaction.handle_session
         # Datagram mode (server/_datagram.py): its own path, beside moq-lite.
         self.datagram = DatagramServer(self.relay, config.datagram, config.media)

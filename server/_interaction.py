@@ -78,8 +78,6 @@ class InteractionSettings:
     """Chat changes are written to the database this often (s)."""
     ended_room_keep_s: float = 600.0
     """An ended room's chat stays in memory this long, then only in the database (s)."""
-    audit_entries: int = 1000
-    """Audit entries the audit route answers with, the newest (count)."""
 
 
 def live_edge_us(broadcast: Broadcast) -> int:
@@ -247,9 +245,9 @@ class InteractionService:
         """The room's moderation actions (the newest ``audit_entries``), oldest first."""
         if self.db is None:
             room = self.rooms.get(room_id)
-            return [] if room is None else list(room.unsaved_audit)[-self.settings.audit_entries:]
+            return [] if room is None else list(room.audit)
         await self.save()
-        return await self.db.read(lambda c: ChatStore.audit(c, room_id, self.settings.audit_entries))
+        return await self.db.read(lambda c: ChatStore.audit(c, room_id, self.settings.limits.audit_entries))
 
     async def _save_forever(self) -> None:
         while True:

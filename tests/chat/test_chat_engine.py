@@ -65,7 +65,7 @@ def test_token_bucket_then_flood_mute_with_notice():
         say(room, BOB, "after a while", 10.0)
     assert info.value.code == "muted"
     assert say(room, BOB, "back", 31.0) is not None
-    assert room.unsaved_audit[-1].action == "mute" and "flooding" in room.unsaved_audit[-1].detail
+    assert room.audit[-1].action == "mute" and "flooding" in room.audit[-1].detail
     say(room, ALICE, "others unaffected", 0.2)
 
 
@@ -111,7 +111,7 @@ def test_mute_makes_messages_disappear_and_ban_stops_everything():
     assert info.value.code == "banned"
     with pytest.raises(ChatError):
         room.react(ALICE, "like", now_s=3.0)
-    assert [e.action for e in room.unsaved_audit] == ["mute", "ban"]
+    assert [e.action for e in room.audit] == ["mute", "ban"]
 
 
 def test_blocklists_refuse_or_hold_for_review():
@@ -134,7 +134,7 @@ def test_blocklists_refuse_or_hold_for_review():
     room.reject(MOD, room.held()[0].id, now_s=9.0)
     statuses = [status for _, status in room.transcript()]
     assert statuses == ["visible", "visible", "rejected"]
-    assert [e.action for e in room.unsaved_audit][-3:] == ["mode", "approve", "reject"]
+    assert [e.action for e in room.audit][-3:] == ["mode", "approve", "reject"]
 
 
 def test_viewers_cannot_moderate():
@@ -148,7 +148,7 @@ def test_viewers_cannot_moderate():
         with pytest.raises(ChatError) as info:
             action()
         assert info.value.code == "forbidden"
-    assert room.unsaved_audit == []
+    assert list(room.audit) == []
 
 
 def test_reactions_are_counted_per_interval_never_one_by_one():
