@@ -195,29 +195,37 @@ class _EndWhenBehindSubscription(_Subscription):
     ended with BOUNDS_EXCEEDED and counted; the viewer may subscribe again.
     The group a new subscriber is handed from the cache (its catch-up, at most
     one group) is not counted until it is acknowledged: joining a busy chat
-    is not falling behind. The Track may be iterating its sinks when the
-    subscription ends, so it leaves the Track at the next group boundary
-    (those calls iterate a copy).
+    is not falling behind. At each new group the track's ``may_subscribe`` is
+    asked again, so an account banned meanwhile is ended (UNAUTHORIZED). The
+    Track may be iterating its sinks when the subscription ends, so it leaves
+    the Track at the next group boundary (those calls iterate a copy).
     """
 
-    ended_for_backlog = False
+    ended = False
     _catch_up: tuple[WebTransportSendStream, int] | None = None
 
     def group_started(self, track: Track, group: Group) -> None:
-        if self.ended_for_backlog:
+        if self.ended:
             track.unsubscribe(self)
-        elif not self._end_if_behind():
+            return
+        if track.may_subscribe is not None:
+            claims = self.connection.session.claims
+            if not track.may_subscribe(track, claims.subject if claims is not None else None):
+                self._end(ErrorCode.UNAUTHORIZED)
+                track.unsubscribe(self)
+                return
+        if not self._end_if_behind():
             super().group_started(track, group)
             stream = self._open.get(group.sequence)
             if group.frames and stream is not None:  # handed from the cache: a joiner's catch-up
                 self._catch_up = (stream, group.size_bytes)
 
     def frame(self, track: Track, group: Group, payload: bytes) -> None:
-        if not self.ended_for_backlog and not self._end_if_behind():
+        if not self.ended and not self._end_if_behind():
             super().frame(track, group, payload)
 
     def group_ended(self, track: Track, group: Group) -> None:
-        if self.ended_for_backlog:
+        if self.ended:
             track.unsubscribe(self)
         else:
             super().group_ended(track, group)
@@ -239,21 +247,24 @@ class _EndWhenBehindSubscription(_Subscription):
                 limit += size
         if self.queued_bytes <= limit:
             return False
-        self.ended_for_backlog = True
-        connection = self.connection
-        connection.subscriptions.pop(self.stream_id, None)
-        for stream, _ in self._draining:
-            stream.reset(ErrorCode.BOUNDS_EXCEEDED)
-        self._draining.clear()
-        self._open.clear()
-        self._started.clear()
-        self._catch_up = None
-        connection.moq.end_subscription(self.stream_id, ErrorCode.BOUNDS_EXCEEDED)
-        connection.flush()
+        self._end(ErrorCode.BOUNDS_EXCEEDED)
         self.track.stats.subscribers_ended += 1
         if self.track.on_subscriber_ended is not None:
             self.track.on_subscriber_ended(self.track)
         return True
+
+    def _end(self, code: int) -> None:
+        self.ended = True
+        connection = self.connection
+        connection.subscriptions.pop(self.stream_id, None)
+        for stream, _ in self._draining:
+            stream.reset(code)
+        self._draining.clear()
+        self._open.clear()
+        self._started.clear()
+        self._catch_up = None
+        connection.moq.end_subscription(self.stream_id, code)
+        connection.flush()
 
 
 @dataclass(frozen=True)

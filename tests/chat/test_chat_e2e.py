@@ -155,3 +155,34 @@ async def test_owner_downloads_the_chat_as_csv_and_json(running_server, http_get
 
 
 
+
+
+async def test_a_ban_ends_the_banned_accounts_chat_track_subscription(server_factory):
+    started = await server_factory({"chat": {"group_ms": 100}})
+    sha = started.app.certificate.sha256_hex
+    moq_url = f"https://127.0.0.1:{started.port}/moq"
+    async with contextlib.AsyncExitStack() as stack:
+        host = await stack.enter_async_context(open_chat(started, token(started, "host", "the-host")))
+        troll = await stack.enter_async_context(
+            connect(moq_url, token=token(started, "viewer", "troll"), certificate_sha256=sha))
+        other = await stack.enter_async_context(
+            connect(moq_url, token=token(started, "viewer", "fine"), certificate_sha256=sha))
+        troll_chat = await troll.subscribe("demo", "chat")
+        other_chat = await other.subscribe("demo", "chat")
+        with trio.fail_after(10):
+            await troll_chat.accepted.wait()
+            await other_chat.accepted.wait()
+        assert (await host.request(type="ban", account="troll"))["type"] == "ok"
+        # At the chat track's next group the banned account's subscription ends.
+        with trio.fail_after(20):
+            while not troll_chat.ended.is_set():
+                assert (await host.request(type="message", text="carry on"))["type"] == "ok"
+                with trio.move_on_after(0.5):
+                    await troll_chat.ended.wait()
+        assert troll_chat.end_code == 6  # UNAUTHORIZED
+        assert not other_chat.ended.is_set()
+        # And it may not subscribe again while banned.
+        again = await troll.subscribe("demo", "chat")
+        with trio.fail_after(10):
+            await again.ended.wait()
+        assert again.end_code == 6
