@@ -523,6 +523,15 @@ class ChatRoom:
         self._unsaved_messages, self.unsaved_audit, self._state_changed = {}, [], False
         return unsaved
 
+    def put_back(self, unsaved: Unsaved) -> None:
+        """Take back what ``take_unsaved`` handed over and could not be stored,
+        ahead of anything newer, for the next attempt."""
+        self.unsaved_audit[:0] = unsaved.audit
+        for message, status in unsaved.messages:
+            self._unsaved_messages.setdefault(message.id, (message, status))
+        if unsaved.state is not None:
+            self._state_changed = True
+
     def restore(self, state: RoomState, *, next_id: int, recent: list[ChatMessage] = ()) -> None:
         """Take back what was stored: the moderation state, the next message
         id, and the most recent visible messages (for history and replies)."""

@@ -226,12 +226,7 @@ class InteractionService:
                 self.save_failures += 1
                 log.error("chat_save_failed", exc_info=True)
                 for room_id, unsaved in changes.items():
-                    room = self.room(room_id)
-                    room.unsaved_audit[:0] = unsaved.audit
-                    for message, status in unsaved.messages:
-                        room._unsaved_messages.setdefault(message.id, (message, status))
-                    if unsaved.state is not None:
-                        room._state_changed = True
+                    self.room(room_id).put_back(unsaved)
 
     async def transcript(self, room_id: str) -> list[tuple[Any, str]]:
         """The room's whole chat, oldest first, with each message's status."""

@@ -99,3 +99,19 @@ async def test_an_ended_room_leaves_memory_once_saved_and_its_chat_stays_readabl
             assert [(m.id, m.text, status) for m, status in await service.transcript("r")] == [
                 (said.id, "goodbye 👋", "visible")]
             nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_save_loses_nothing(tmp_path):
+    service = InteractionService(Relay())
+    room = service.room("r")
+    said = say(room, MOD, "kept", 1.0)
+    room.mute(MOD, "v1", 60, now_s=1.0)
+    async with Database(tmp_path / "chat.db") as db:
+        await db.open([])  # no chat tables yet: the save fails
+        service.attach(db)
+        await service.save()
+        assert service.save_failures == 1
+        await db.migrate(MIGRATIONS)
+        await service.save()
+        assert [(m.id, status) for m, status in await service.transcript("r")] == [(said.id, "visible")]
+        assert [(e.action, e.target) for e in await service.audit("r")] == [("mute", "v1")]
