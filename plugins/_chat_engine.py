@@ -2,8 +2,10 @@
 mode, moderation, batching per tick and reaction counts.
 
 Nothing here does I/O or reads a clock: the caller passes ``now_s`` (server
-time) and the live edge's media timestamp, and publishes what ``tick``
-returns as one object on the room's chat track. Bytes from viewers are
+wall-clock time, Unix seconds) and the live edge's media timestamp, and publishes what ``tick``
+returns as one object on the room's chat track. What must outlive the
+process (the transcript, moderation actions, modes, bans and mutes) is
+handed to the caller by ``take_unsaved`` for it to store in batches. Bytes from viewers are
 untrusted: ``decode_request_untrusted`` refuses anything that is not a small,
 shallow msgpack map of the expected fields.
 """
@@ -26,6 +28,8 @@ __all__ = [
     "ChatLimits",
     "ChatMessage",
     "ChatRoom",
+    "RoomState",
+    "Unsaved",
     "Notice",
     "Role",
     "REQUEST_TYPES",
@@ -45,6 +49,9 @@ class Role(str, enum.Enum):
 
 
 MODERATORS = (Role.HOST, Role.MODERATOR, Role.OPERATOR)
+# Who may moderate whom: a moderator the viewers, the host the moderators
+# too, operators everyone (operators included).
+RANK = {Role.VIEWER: 0, Role.MODERATOR: 1, Role.HOST: 2, Role.OPERATOR: 3}
 
 
 class ChatError(Exception):
@@ -86,6 +93,20 @@ class ChatLimits:
     """Reaction kinds viewers may send."""
     max_blocklist_terms: int = 1000
     """Terms in one blocklist (count)."""
+    reaction_bucket_capacity: int = 20
+    """Reactions an account may send in a burst (count)."""
+    reaction_refill_per_s: float = 5.0
+    """Reactions per second an account earns back (1/s)."""
+    min_mute_s: float = 1.0
+    """Shortest mute a moderator may give (s)."""
+    max_mute_s: float = 30 * 86400.0
+    """Longest mute a moderator may give (s)."""
+    max_request_fields: int = 8
+    """Entries in a request's msgpack map (count)."""
+    reply_window_messages: int = 1000
+    """Recent visible messages that may be replied to or deleted (count)."""
+    audit_entries: int = 1000
+    """Moderation actions kept in memory per room, and answered by the audit route (count)."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +117,7 @@ class Author:
     display_name: str
     role: Role = Role.VIEWER
     registered: bool = False
-    """False for an anonymous viewer."""
+    """False for a guest (subject ``guest:...``) or a subject no account has."""
     follows_host: bool = False
 
 
@@ -111,6 +132,7 @@ class ChatMessage:
     text: str
     reply_to: int | None
     server_time_s: float
+    """Wall-clock time it was accepted (Unix s)."""
     media_timestamp_us: int
     """The live edge's media time when the message was accepted: players show
     it when their playout reaches that moment; replays show it there too."""
@@ -136,11 +158,40 @@ class AuditEntry:
     """One moderation action."""
 
     time_s: float
+    """Wall-clock time (Unix s)."""
     actor_id: str
     actor_role: str
     action: str
     target: str
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class RoomState:
+    """A room's moderation state that outlives the process."""
+
+    slow_mode_s: float = 0.0
+    registered_only: bool = False
+    followers_only: bool = False
+    hold_for_review: bool = False
+    blocklist: tuple[str, ...] = ()
+    banned: tuple[str, ...] = ()
+    muted_until: tuple[tuple[str, float], ...] = ()
+    """(account, wall-clock Unix s) of mutes still running."""
+
+
+@dataclass
+class Unsaved:
+    """What changed since the last ``take_unsaved``, for the caller to store."""
+
+    messages: list[tuple[ChatMessage, str]]
+    """Messages new or whose status changed, with their status now."""
+    audit: list[AuditEntry]
+    state: RoomState | None
+    """The whole moderation state when any of it changed, else None."""
+
+    def __bool__(self) -> bool:
+        return bool(self.messages or self.audit or self.state is not None)
 
 
 @dataclass
@@ -186,6 +237,7 @@ _SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "mute": {"account": ((str,), True), "seconds": (_NUMBER, True)},
     "unmute": {"account": ((str,), True)},
     "ban": {"account": ((str,), True)},
+    "unban": {"account": ((str,), True)},
     "mode": {"slow_mode_s": (_NUMBER, False), "registered_only": ((bool,), False),
              "followers_only": ((bool,), False), "hold_for_review": ((bool,), False)},
     "blocklist": {"terms": ((list,), True)},
@@ -201,7 +253,8 @@ def decode_request_untrusted(data: bytes, limits: ChatLimits) -> dict[str, Any]:
         raise ChatError("too_large", f"request exceeds {limits.max_request_bytes} bytes", "request")
     unpacker = msgpack.Unpacker(
         max_buffer_size=limits.max_request_bytes, max_str_len=limits.max_request_bytes,
-        max_bin_len=0, max_array_len=limits.max_blocklist_terms, max_map_len=8, max_ext_len=0,
+        max_bin_len=0, max_array_len=limits.max_blocklist_terms, max_map_len=limits.max_request_fields,
+        max_ext_len=0,
         raw=False, strict_map_key=True)
     unpacker.feed(data)
     malformed = (ValueError, msgpack.StackError, msgpack.FormatError, UnicodeDecodeError)
@@ -261,6 +314,8 @@ def _clean_text(text: str, limits: ChatLimits) -> str:
 
 
 class _Bucket:
+    """A token bucket: ``capacity`` in a burst, ``refill_per_s`` earned back."""
+
     __slots__ = ("tokens", "updated_s", "strikes")
 
     def __init__(self, capacity: float, now_s: float) -> None:
@@ -268,11 +323,24 @@ class _Bucket:
         self.updated_s = now_s
         self.strikes = 0
 
+    def take(self, capacity: float, refill_per_s: float, now_s: float) -> bool:
+        self.tokens = min(capacity, self.tokens + max(0.0, now_s - self.updated_s) * refill_per_s)
+        self.updated_s = now_s
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+    def full_at(self, capacity: float, refill_per_s: float) -> float:
+        """When it holds ``capacity`` again (and so need not be kept)."""
+        return self.updated_s + (capacity - self.tokens) / refill_per_s
+
 
 class ChatRoom:
     """The chat of one room. Settings: ``slow_mode_s`` (0 or 1 to 300),
     ``registered_only``, ``followers_only``, ``hold_for_review``, and the
-    room blocklist; ``global_blocklist`` is shared by every room."""
+    room blocklist; ``global_blocklist`` is shared by every room (terms
+    normalised with ``normalize_for_matching``)."""
 
     def __init__(self, room_id: str, limits: ChatLimits | None = None,
                  global_blocklist: set[str] | None = None) -> None:
@@ -284,7 +352,12 @@ class ChatRoom:
         self.registered_only = False
         self.followers_only = False
         self.hold_for_review = False
-        self.audit: list[AuditEntry] = []
+        self.audit: deque[AuditEntry] = deque(maxlen=self.limits.audit_entries)
+        """The latest moderation actions (all of them are handed over by ``take_unsaved``)."""
+        self.unsaved_audit: list[AuditEntry] = []
+        """Moderation actions not yet handed over by ``take_unsaved``."""
+        self._unsaved_messages: dict[int, tuple[ChatMessage, str]] = {}
+        self._state_changed = False
         self._next_id = 1
         self._sequence = 0
         self._visible: dict[int, ChatMessage] = {}
@@ -294,12 +367,17 @@ class ChatRoom:
         self._pending_deleted: list[int] = []
         self._held: dict[int, ChatMessage] = {}
         self._buckets: dict[str, _Bucket] = {}
+        self._reaction_buckets: dict[str, _Bucket] = {}
         self._last_message_s: dict[str, float] = {}
         self._muted_until: dict[str, float] = {}
         self._banned: set[str] = set()
+        self._roles: dict[str, Role] = {}
+        """Accounts seen here with more than a viewer's role (for rank checks)."""
         self._reactions: dict[str, int] = {}
         self.reactions_total: dict[str, int] = {}
         """Reactions counted since the room began, by kind (for statistics)."""
+        self.subscribers_dropped = 0
+        """Chat track subscribers dropped for falling behind (set by the caller)."""
         self._last_reactions_s = float("-inf")
         self._last_tick_s = float("-inf")
 
@@ -330,6 +408,8 @@ class ChatRoom:
             self.unmute(author, request["account"], now_s=now_s)
         elif kind == "ban":
             self.ban(author, request["account"], now_s=now_s)
+        elif kind == "unban":
+            self.unban(author, request["account"], now_s=now_s)
         elif kind == "mode":
             self.set_mode(author, now_s=now_s, **{k: v for k, v in request.items() if k != "type"})
         elif kind == "blocklist":
@@ -337,6 +417,12 @@ class ChatRoom:
         return {"type": "ok"}
 
     # --- viewers -----------------------------------------------------------------------
+
+    def note_author(self, author: Author) -> None:
+        """Remember an author's role in this room (a session joined), so a
+        moderator cannot mute the host before the host has spoken."""
+        if author.role is not Role.VIEWER:
+            self._roles[author.account_id] = author.role
 
     def submit(self, author: Author, request: dict[str, Any], *, now_s: float,
                media_timestamp_us: int) -> ChatMessage | None:
@@ -355,6 +441,7 @@ class ChatRoom:
         if flagged is not None and not self.hold_for_review:
             raise ChatError("blocked", "the message contains a blocked term", "text")
         self._take_token(author, now_s)
+        self.note_author(author)
         message = ChatMessage(self._next_id, author.account_id, author.display_name,
                               author.role.value, text, reply_to, now_s, media_timestamp_us)
         self._next_id += 1
@@ -368,12 +455,20 @@ class ChatRoom:
         return message
 
     def react(self, author: Author, kind: str, *, now_s: float) -> None:
-        """Count a reaction; counts go out every reaction interval, never one by one."""
+        """Count a reaction; counts go out every reaction interval, never one
+        by one. Banned and muted accounts may not react; each account has its
+        own token bucket of reactions."""
         if kind not in self.limits.reactions:
             raise ChatError("unknown_reaction", f"reaction must be one of {', '.join(self.limits.reactions)}",
                             "kind")
-        if author.account_id in self._banned:
-            raise ChatError("banned", "you are banned from this room", "account")
+        self._check_not_silenced(author, now_s)
+        limits = self.limits
+        bucket = self._reaction_buckets.get(author.account_id)
+        if bucket is None:
+            bucket = self._reaction_buckets[author.account_id] = _Bucket(limits.reaction_bucket_capacity, now_s)
+        if not bucket.take(limits.reaction_bucket_capacity, limits.reaction_refill_per_s, now_s):
+            raise ChatError("rate_limited", "reacting too fast", "kind",
+                            retry_after_s=(1 - bucket.tokens) / limits.reaction_refill_per_s)
         self._reactions[kind] = self._reactions.get(kind, 0) + 1
         self.reactions_total[kind] = self.reactions_total.get(kind, 0) + 1
 
@@ -385,8 +480,9 @@ class ChatRoom:
         return account_id in self._banned
 
     def transcript(self) -> list[tuple[ChatMessage, str]]:
-        """Every message kept, oldest first, with its status: visible,
-        deleted, held or rejected (for replay and the owner's download)."""
+        """The messages kept in memory (the last ``transcript_messages``),
+        oldest first, with their status: visible, deleted, held or rejected.
+        The whole transcript is what the caller stored from ``take_unsaved``."""
         return list(self._transcript.values())
 
     # --- publishing --------------------------------------------------------------------
@@ -409,41 +505,121 @@ class ChatRoom:
         self._pending, self._pending_deleted = [], []
         return batch
 
+    # --- what outlives the process ---------------------------------------------------------
+
+    def state(self) -> RoomState:
+        return RoomState(self.slow_mode_s, self.registered_only, self.followers_only,
+                         self.hold_for_review, tuple(sorted(self.blocklist)), tuple(sorted(self._banned)),
+                         tuple(sorted(self._muted_until.items())))
+
+    def has_unsaved(self) -> bool:
+        return bool(self._unsaved_messages or self.unsaved_audit or self._state_changed)
+
+    def take_unsaved(self) -> Unsaved:
+        """What changed since the last call: new messages and status changes,
+        moderation actions, and the moderation state if it changed."""
+        unsaved = Unsaved(list(self._unsaved_messages.values()), self.unsaved_audit,
+                          self.state() if self._state_changed else None)
+        self._unsaved_messages, self.unsaved_audit, self._state_changed = {}, [], False
+        return unsaved
+
+    def put_back(self, unsaved: Unsaved) -> None:
+        """Take back what ``take_unsaved`` handed over and could not be stored,
+        ahead of anything newer, for the next attempt."""
+        self.unsaved_audit[:0] = unsaved.audit
+        for message, status in unsaved.messages:
+            self._unsaved_messages.setdefault(message.id, (message, status))
+        if unsaved.state is not None:
+            self._state_changed = True
+
+    def restore(self, state: RoomState, *, next_id: int, recent: list[ChatMessage] = ()) -> None:
+        """Take back what was stored: the moderation state, the next message
+        id, and the most recent visible messages (for history and replies)."""
+        self.slow_mode_s = state.slow_mode_s
+        self.registered_only = state.registered_only
+        self.followers_only = state.followers_only
+        self.hold_for_review = state.hold_for_review
+        self.blocklist = set(state.blocklist)
+        self._banned = set(state.banned)
+        self._muted_until = dict(state.muted_until)
+        self._next_id = max(self._next_id, next_id)
+        for message in recent:
+            self._visible[message.id] = message
+            self._history.append(message)
+        self._trim_visible()
+
+    def trim(self, *, now_s: float) -> None:
+        """Forget per-account state that no longer matters: buckets full
+        again, mutes over, slow-mode stamps past the slow-mode interval."""
+        limits = self.limits
+        for buckets, capacity, refill in ((self._buckets, limits.bucket_capacity, limits.bucket_refill_per_s),
+                                          (self._reaction_buckets, limits.reaction_bucket_capacity,
+                                           limits.reaction_refill_per_s)):
+            for account in [a for a, b in buckets.items()
+                            if b.strikes == 0 and b.full_at(capacity, refill) <= now_s]:
+                del buckets[account]
+        expired = [a for a, until in self._muted_until.items() if until <= now_s]
+        for account in expired:
+            del self._muted_until[account]
+        if expired:
+            self._state_changed = True
+        for account in [a for a, t in self._last_message_s.items() if now_s - t >= self.slow_mode_s]:
+            del self._last_message_s[account]
+
     # --- moderation --------------------------------------------------------------------
 
     def delete(self, actor: Author, message_id: int, *, now_s: float) -> None:
         self._require_moderator(actor)
-        if message_id not in self._visible:
+        message = self._visible.get(message_id)
+        if message is None:
             raise ChatError("unknown_message", "no such message in the chat", "message_id")
+        self._require_outranks(actor, Role(message.author_role), "message_id")
         self._remove(message_id)
-        self._log(now_s, actor, "delete", str(message_id))
+        self._log(now_s, actor, "delete", str(message_id), f"by {message.author_id}")
 
     def mute(self, actor: Author, account_id: str, seconds: float, *, now_s: float) -> None:
         """Silence an account for ``seconds``; its messages disappear from view."""
         self._require_moderator(actor)
-        if not 1 <= seconds <= 30 * 86400:
-            raise ChatError("bad_duration", "mute for 1 s to 30 days", "seconds")
+        limits = self.limits
+        if not limits.min_mute_s <= seconds <= limits.max_mute_s:
+            raise ChatError("bad_duration", f"mute for {limits.min_mute_s:g} to {limits.max_mute_s:g} s",
+                            "seconds")
+        self._require_outranks(actor, self._role_of(account_id), "account")
         self._muted_until[account_id] = now_s + seconds
+        self._state_changed = True
         self._remove_author(account_id)
         self._log(now_s, actor, "mute", account_id, f"{seconds:g} s")
 
     def unmute(self, actor: Author, account_id: str, *, now_s: float) -> None:
         self._require_moderator(actor)
-        self._muted_until.pop(account_id, None)
+        if self._muted_until.pop(account_id, None) is None:
+            raise ChatError("not_muted", f"{account_id} is not muted", "account")
+        self._state_changed = True
         self._log(now_s, actor, "unmute", account_id)
 
     def ban(self, actor: Author, account_id: str, *, now_s: float) -> None:
         """Ban an account from the room (the caller also ends its sessions)."""
         self._require_moderator(actor)
+        self._require_outranks(actor, self._role_of(account_id), "account")
         self._banned.add(account_id)
+        self._state_changed = True
         self._remove_author(account_id)
         self._log(now_s, actor, "ban", account_id)
+
+    def unban(self, actor: Author, account_id: str, *, now_s: float) -> None:
+        self._require_moderator(actor)
+        if account_id not in self._banned:
+            raise ChatError("not_banned", f"{account_id} is not banned", "account")
+        self._banned.discard(account_id)
+        self._state_changed = True
+        self._log(now_s, actor, "unban", account_id)
 
     def set_blocklist(self, actor: Author, terms: list[str], *, now_s: float) -> None:
         self._require_moderator(actor)
         if len(terms) > self.limits.max_blocklist_terms:
             raise ChatError("too_many_terms", f"at most {self.limits.max_blocklist_terms} terms", "terms")
         self.blocklist = {normalize_for_matching(t) for t in terms if t.strip()}
+        self._state_changed = True
         self._log(now_s, actor, "blocklist", self.room_id, f"{len(self.blocklist)} terms")
 
     def set_mode(self, actor: Author, *, now_s: float, slow_mode_s: float | None = None,
@@ -458,6 +634,7 @@ class ChatRoom:
                             ("hold_for_review", hold_for_review)):
             if value is not None:
                 setattr(self, name, value)
+        self._state_changed = True
         self._log(now_s, actor, "mode", self.room_id,
                   f"slow={self.slow_mode_s:g} registered={self.registered_only} "
                   f"followers={self.followers_only} review={self.hold_for_review}")
@@ -484,12 +661,15 @@ class ChatRoom:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _check_may_speak(self, author: Author, now_s: float) -> None:
+    def _check_not_silenced(self, author: Author, now_s: float) -> None:
         if author.account_id in self._banned:
             raise ChatError("banned", "you are banned from this room", "account")
         until = self._muted_until.get(author.account_id)
         if until is not None and now_s < until:
             raise ChatError("muted", "you are muted", "account", retry_after_s=until - now_s)
+
+    def _check_may_speak(self, author: Author, now_s: float) -> None:
+        self._check_not_silenced(author, now_s)
         if author.role in MODERATORS:
             return
         if self.registered_only and not author.registered:
@@ -508,16 +688,13 @@ class ChatRoom:
         bucket = self._buckets.get(author.account_id)
         if bucket is None:
             bucket = self._buckets[author.account_id] = _Bucket(limits.bucket_capacity, now_s)
-        bucket.tokens = min(limits.bucket_capacity,
-                            bucket.tokens + (now_s - bucket.updated_s) * limits.bucket_refill_per_s)
-        bucket.updated_s = now_s
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
+        if bucket.take(limits.bucket_capacity, limits.bucket_refill_per_s, now_s):
             return
         bucket.strikes += 1
         if bucket.strikes >= limits.flood_strikes:
             bucket.strikes = 0
             self._muted_until[author.account_id] = now_s + limits.flood_mute_s
+            self._state_changed = True
             self._log(now_s, Author("system", "system", Role.OPERATOR), "mute", author.account_id,
                       f"flooding: {limits.flood_mute_s:g} s")
             raise ChatError("flood_muted", f"too many messages: muted for {limits.flood_mute_s:g} s",
@@ -534,14 +711,20 @@ class ChatRoom:
 
     def _record(self, message: ChatMessage, status: str) -> None:
         self._transcript[message.id] = (message, status)
+        self._unsaved_messages[message.id] = (message, status)
         if len(self._transcript) > self.limits.transcript_messages:
             del self._transcript[next(iter(self._transcript))]
 
     def _accept(self, message: ChatMessage) -> None:
         self._visible[message.id] = message
+        self._trim_visible()
         self._history.append(message)
         self._record(message, "visible")
         self._pending.append(message)
+
+    def _trim_visible(self) -> None:
+        while len(self._visible) > self.limits.reply_window_messages:
+            del self._visible[next(iter(self._visible))]
 
     def _remove(self, message_id: int) -> None:
         message = self._visible.pop(message_id, None)
@@ -554,11 +737,21 @@ class ChatRoom:
         for message_id in [i for i, m in self._visible.items() if m.author_id == account_id]:
             self._remove(message_id)
         for message_id in [i for i, m in self._held.items() if m.author_id == account_id]:
-            del self._held[message_id]
+            self._record(self._held.pop(message_id), "rejected")
+
+    def _role_of(self, account_id: str) -> Role:
+        return self._roles.get(account_id, Role.VIEWER)
 
     def _require_moderator(self, actor: Author) -> None:
         if actor.role not in MODERATORS:
             raise ChatError("forbidden", "only the host, moderators and operators may moderate", "role")
 
+    def _require_outranks(self, actor: Author, target: Role, field: str) -> None:
+        if actor.role is Role.OPERATOR or RANK[actor.role] > RANK[target]:
+            return
+        raise ChatError("outranked", f"a {actor.role.value} may not moderate a {target.value}", field)
+
     def _log(self, now_s: float, actor: Author, action: str, target: str, detail: str = "") -> None:
-        self.audit.append(AuditEntry(now_s, actor.account_id, actor.role.value, action, target, detail))
+        entry = AuditEntry(now_s, actor.account_id, actor.role.value, action, target, detail)
+        self.audit.append(entry)
+        self.unsaved_audit.append(entry)

@@ -69,11 +69,13 @@ class OpenApiPlugin:
                              {200: ("Viewer counts.", {"type": "object", "required": ["room_id"]}),
                               404: ("The room is not live.", error)}),
             "room_chat_download": ("GET", "/api/v1/rooms/{room_id}/chat", "live", room_scoped,
-                                   "The room's whole chat as JSON, or CSV with ?format=csv "
-                                   "(room-scoped token).",
+                                   "The room's whole chat as JSON, or CSV with ?format=csv (the "
+                                   "room's owner and operators; times in Unix seconds).",
                                    {200: ("The chat.", {"type": "object",
                                                         "required": ["room_id", "messages"]}),
-                                    400: ("Unknown format.", error), **denied}),
+                                    400: ("Unknown format.", error), 401: denied[401],
+                                    403: ("A token of another role or room, or not the room's "
+                                          "owner.", error)}),
         }
         present = {name for _, _, name in api.router.route_table()}
         for name, (method, pattern, tag, roles, summary, responses) in foreign.items():
@@ -83,6 +85,12 @@ class OpenApiPlugin:
         # The viewer pages (server/_pages.py) and the host console (server/_pages_host.py).
         from shopcast.server._pages import documented_routes
         from shopcast.server._pages_host import documented_host_routes
+        from shopcast.server._interaction import documented_chat_routes
+
+        for method, pattern, name, summary, content_type, roles, responses in documented_chat_routes():
+            if name in present:
+                api.document_route(method, pattern, name=name, tag="live", summary=summary,
+                                   roles=roles, responses=responses, content_type=content_type)
 
         for method, pattern, name, summary, content_type, roles, responses in (
                 documented_routes() + documented_host_routes()):

@@ -30,7 +30,13 @@ from shopcast.plugins._chat_engine import Author as ChatAuthor
 from shopcast.plugins._chat_engine import ChatLimits, message_record
 from shopcast.plugins._chat_engine import Role as ChatRole
 from shopcast.server._hang_mux import HangMuxer, load_flv_clip, play_clip
-from shopcast.server._interaction import InteractionService, InteractionSettings
+from shopcast.server._chat_store import MIGRATIONS as CHAT_MIGRATIONS
+from shopcast.server._interaction import (
+    InteractionService,
+    InteractionSettings,
+    audit_record,
+    author_from_claims,
+)
 from shopcast.server._moq_server import MoqServer, MoqSettings
 from shopcast.server._recording import Recorder, RecordingSettings, ReplayService
 from shopcast.server._quic import (
@@ -150,9 +156,15 @@ class ServerApp:
                 bucket_capacity=chat.bucket_capacity, bucket_refill_per_s=chat.bucket_refill_per_s,
                 flood_strikes=chat.flood_strikes, flood_mute_s=chat.flood_mute_s,
                 tick_s=chat.tick_ms / 1000, reaction_interval_s=chat.reaction_interval_ms / 1000,
-                reactions=chat.reactions, max_blocklist_terms=chat.max_blocklist_terms),
+                reactions=chat.reactions, max_blocklist_terms=chat.max_blocklist_terms,
+                reaction_bucket_capacity=chat.reaction_bucket_capacity,
+                reaction_refill_per_s=chat.reaction_refill_per_s, min_mute_s=chat.min_mute_s,
+                max_mute_s=chat.max_mute_s, max_request_fields=chat.max_request_fields,
+                reply_window_messages=chat.reply_window_messages, audit_entries=chat.audit_entries),
             viewers_interval_s=chat.viewers_interval_ms / 1000,
-            chat_group_s=chat.group_ms / 1000, global_blocklist=chat.global_blocklist))
+            chat_group_s=chat.group_ms / 1000, global_blocklist=chat.global_blocklist,
+            subscriber_backlog_bytes=chat.subscriber_backlog_bytes,
+            save_interval_s=chat.save_interval_ms / 1000, ended_room_keep_s=chat.ended_room_keep_s))
         self.quic.session_handlers[chat.path] = self.interaction.handle_session
         # Datagram mode (server/_datagram.py): its own path, beside moq-lite.
         self.datagram = DatagramServer(self.relay, config.datagram, config.media)
@@ -248,6 +260,7 @@ class ServerApp:
         add("GET", "/api/v1/server", self._server_info, "server_info")
         add("GET", "/api/v1/rooms/{room_id}/viewers", self._viewers, "room_viewers")
         add("GET", "/api/v1/rooms/{room_id}/chat", self._chat_download, "room_chat_download")
+        add("GET", "/api/v1/rooms/{room_id}/chat/audit", self._chat_audit, "room_chat_audit")
         register_host_pages(self.router, max_age_s=self.config.http.static_max_age_s,
                             settings=self.config.host_console, config=self.config)
 
@@ -258,17 +271,21 @@ class ServerApp:
         return Response.json({"room_id": room_id, **broadcast.viewers.snapshot()})
 
     async def _chat_download(self, request: Request, room_id: str) -> Response:
-        """The room's whole chat, for its owner (host token) or operators: JSON, or CSV
-        with ?format=csv."""
-        self.authorize(request, roles=("host", "operator", "service"), room=room_id)
-        room = self.interaction.rooms.get(room_id)
-        records = [] if room is None else [
-            {**message_record(m), "status": status} for m, status in room.transcript()]
+        """The room's whole chat (from the database, so also after a restart), for its
+        owner or operators: JSON, or CSV with ?format=csv. Times are Unix seconds."""
+        from shopcast.plugins._recordings import may_manage_room
+
+        claims = self.authorize(request, roles=("host", "operator", "service"), room=room_id)
         fmt = request.query.get("format", "json")
-        if fmt == "json":
-            return Response.json({"room_id": room_id, "messages": records})
-        if fmt != "csv":
+        if fmt not in ("json", "csv"):
             raise HTTPError(400, "bad_format", "format must be json or csv", "format")
+        await may_manage_room(self.plugins, claims, room_id)
+        records = [{**message_record(m), "status": status}
+                   for m, status in await self.interaction.transcript(room_id)]
+        if fmt == "json":
+            room = self.interaction.rooms.get(room_id)
+            stats = {"subscribers_dropped": room.subscribers_dropped if room is not None else 0}
+            return Response.json({"room_id": room_id, "messages": records, "stats": stats})
         out = io.StringIO()
         writer = csv.writer(out)
         columns = ["id", "t", "media_us", "author", "name", "role", "host", "reply_to", "status", "text"]
@@ -278,6 +295,17 @@ class ServerApp:
         return Response(200, [("content-type", "text/csv; charset=utf-8"),
                               ("content-disposition", f'attachment; filename="chat-{room_id}.csv"')],
                         out.getvalue().encode("utf-8"))
+
+    async def _chat_audit(self, request: Request, room_id: str) -> Response:
+        """The room's chat moderation actions, for those who may moderate it: its owner,
+        its team's moderators (as the accounts plugins say) and operators."""
+        claims = self.authorize(request, roles=("host", "operator", "service"), room=room_id)
+        author = await self.interaction.author_lookup(room_id, claims) or author_from_claims(claims, room_id)
+        if author.role is ChatRole.VIEWER:
+            raise HTTPError(403, "not_moderator", "only the room's owner, its moderators and operators "
+                            "may read its chat audit log", "authorization")
+        entries = await self.interaction.audit(room_id)
+        return Response.json({"room_id": room_id, "entries": [audit_record(e) for e in entries]})
 
     async def _healthz(self, request: Request) -> Response:
         return Response.json({"status": "ok"})
@@ -337,6 +365,10 @@ class ServerApp:
         ):
             self.metrics.counter_callback(name, help_text, callback=lambda a=attr: getattr(stats, a))
         self._register_relay_metrics()
+        self.metrics.counter_callback(
+            "shopcast_chat_subscribers_dropped_total",
+            "Chat track subscribers dropped for falling more than chat.subscriber_backlog_bytes behind.",
+            callback=lambda: self.interaction.subscribers_dropped)
         self.datagram.register_metrics(self.metrics)
 
     def _register_relay_metrics(self) -> None:
@@ -390,7 +422,8 @@ class ServerApp:
         for permissions in await plugins.collect("shopcast_register_permissions"):
             plugins.permissions.update(permissions)
         migrations = [m for ms in await plugins.collect("shopcast_register_tables") for m in ms]
-        await self.db.open(migrations)
+        await self.db.open(migrations + CHAT_MIGRATIONS)
+        self.interaction.attach(self.db)
         await plugins.collect("shopcast_register_routes", api=self.api)
         await plugins.collect("shopcast_startup", app=self, nursery=nursery)
 
@@ -535,6 +568,7 @@ async def run_server(config: Config, *, shutdown: trio.Event | None = None,
             await https_done.wait()
             await rtmp_done.wait()
         await app.plugins.notify("shopcast_shutdown", app=app)
+        await app.interaction.save()  # the chat's last changes, before the database closes
         nursery.cancel_scope.cancel()
     await app.db.close()
     log.info("stopped")

@@ -476,6 +476,27 @@ class ChatConfig:
     viewers_interval_ms: int = _spec(min=100, max=60_000, unit="ms")
     group_ms: int = _spec(min=100, max=600_000, unit="ms")
     global_blocklist: tuple[str, ...] = _spec()
+    subscriber_backlog_bytes: int = _spec(min=1024, max=64 * 1024 * 1024, unit="bytes")
+    save_interval_ms: int = _spec(min=10, max=60_000, unit="ms")
+    ended_room_keep_s: float = _spec(min=0.0, max=7 * 86400.0, unit="s")
+    audit_entries: int = _spec(min=1, max=1_000_000, unit="count")
+    reaction_bucket_capacity: int = _spec(min=1, max=10_000, unit="count")
+    reaction_refill_per_s: float = _spec(min=0.001, max=1000.0, unit="1/s")
+    min_mute_s: float = _spec(min=1.0, max=31_536_000.0, unit="s")
+    max_mute_s: float = _spec(min=1.0, max=31_536_000.0, unit="s")
+    max_request_fields: int = _spec(min=6, max=64, unit="count")
+    reply_window_messages: int = _spec(min=1, max=1_000_000, unit="count")
+
+    def __post_init__(self) -> None:
+        # A message travels inside a request: with its msgpack framing it must fit.
+        if self.max_message_bytes + 64 > self.max_request_bytes:
+            raise ValueError(f"chat.max_message_bytes ({self.max_message_bytes}) must leave 64 bytes "
+                             f"of request framing under chat.max_request_bytes ({self.max_request_bytes})")
+        if self.min_mute_s > self.max_mute_s:
+            raise ValueError("chat.min_mute_s must not exceed chat.max_mute_s")
+        if self.reply_window_messages < self.history_messages:
+            raise ValueError("chat.reply_window_messages must be at least chat.history_messages "
+                             "(history is drawn from the messages still visible)")
 
 
 @dataclass(frozen=True)

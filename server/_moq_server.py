@@ -186,6 +186,87 @@ class _Subscription:
         self._draining.clear()
 
 
+class _EndWhenBehindSubscription(_Subscription):
+    """A subscription to a track where every object matters (a room's chat).
+
+    Resetting the groups its viewer is behind on would lose messages without a
+    word, so once the viewer has more than the track's
+    ``end_subscribers_past_bytes`` unacknowledged, the whole subscription is
+    ended with BOUNDS_EXCEEDED and counted; the viewer may subscribe again.
+    The group a new subscriber is handed from the cache (its catch-up, at most
+    one group) is not counted until it is acknowledged: joining a busy chat
+    is not falling behind. At each new group the track's ``may_subscribe`` is
+    asked again, so an account banned meanwhile is ended (UNAUTHORIZED). The
+    Track may be iterating its sinks when the subscription ends, so it leaves
+    the Track at the next group boundary (those calls iterate a copy).
+    """
+
+    ended = False
+    _catch_up: tuple[WebTransportSendStream, int] | None = None
+
+    def group_started(self, track: Track, group: Group) -> None:
+        if self.ended:
+            track.unsubscribe(self)
+            return
+        if track.may_subscribe is not None:
+            claims = self.connection.session.claims
+            if not track.may_subscribe(track, claims.subject if claims is not None else None):
+                self._end(ErrorCode.UNAUTHORIZED)
+                track.unsubscribe(self)
+                return
+        if not self._end_if_behind():
+            super().group_started(track, group)
+            stream = self._open.get(group.sequence)
+            if group.frames and stream is not None:  # handed from the cache: a joiner's catch-up
+                self._catch_up = (stream, group.size_bytes)
+
+    def frame(self, track: Track, group: Group, payload: bytes) -> None:
+        if not self.ended and not self._end_if_behind():
+            super().frame(track, group, payload)
+
+    def group_ended(self, track: Track, group: Group) -> None:
+        if self.ended:
+            track.unsubscribe(self)
+        else:
+            super().group_ended(track, group)
+
+    def _drop_stale(self, now: float) -> None:
+        # Never reset a group: only forget the finished ones fully acknowledged.
+        self._draining = [(stream, started) for stream, started in self._draining
+                          if stream.backlog_bytes]
+
+    def _end_if_behind(self) -> bool:
+        limit = self.track.end_subscribers_past_bytes
+        if limit is None:
+            return False
+        if self._catch_up is not None:
+            stream, size = self._catch_up
+            if stream.backlog_bytes == 0:
+                self._catch_up = None
+            else:
+                limit += size
+        if self.queued_bytes <= limit:
+            return False
+        self._end(ErrorCode.BOUNDS_EXCEEDED)
+        self.track.stats.subscribers_ended += 1
+        if self.track.on_subscriber_ended is not None:
+            self.track.on_subscriber_ended(self.track)
+        return True
+
+    def _end(self, code: int) -> None:
+        self.ended = True
+        connection = self.connection
+        connection.subscriptions.pop(self.stream_id, None)
+        for stream, _ in self._draining:
+            stream.reset(code)
+        self._draining.clear()
+        self._open.clear()
+        self._started.clear()
+        self._catch_up = None
+        connection.moq.end_subscription(self.stream_id, code)
+        connection.flush()
+
+
 @dataclass(frozen=True)
 class ReceivedFrame:
     """A frame received on a subscription, with when it arrived."""
@@ -492,10 +573,17 @@ class MoqConnection:
             self.moq.reject_subscribe(event.stream_id, ErrorCode.UNAUTHORIZED)
             return
         track = broadcast.tracks[event.track]
+        if track.may_subscribe is not None:
+            claims = self.session.claims
+            if not track.may_subscribe(track, claims.subject if claims is not None else None):
+                self.stats.refused_unauthorized += 1
+                self.moq.reject_subscribe(event.stream_id, ErrorCode.UNAUTHORIZED)
+                return
         if broadcast.viewers.joined(self, self._identity()):
             self._watching.add(broadcast)
             self.server.on_viewer(broadcast, True, self._identity())
-        subscription = _Subscription(self, event.stream_id, track)
+        kind = _Subscription if track.end_subscribers_past_bytes is None else _EndWhenBehindSubscription
+        subscription = kind(self, event.stream_id, track)
         if not self.moq.accept_subscribe(event.stream_id):
             return
         self.subscriptions[event.stream_id] = subscription

@@ -99,6 +99,8 @@ class TrackStats:
     bytes_out: int = 0
     groups_dropped: int = 0
     keyframe_requests: int = 0
+    subscribers_ended: int = 0
+    """Subscribers ended for falling behind (tracks with ``end_subscribers_past_bytes``)."""
 
 
 class Track:
@@ -120,6 +122,15 @@ class Track:
         self._taps = 0
         self.stats = TrackStats()
         self.ended = False
+        self.end_subscribers_past_bytes: int | None = None
+        """Set on tracks where every object matters (a room's chat): a subscriber
+        with more unacknowledged bytes than this is ended, not silently sent
+        fewer groups (server/_moq_server.py), and may subscribe again."""
+        self.on_subscriber_ended: Callable[[Track], None] | None = None
+        """Called when such a subscriber is ended (the chat counts them)."""
+        self.may_subscribe: Callable[[Track, str | None], bool] | None = None
+        """Asked with a new subscriber's token subject (None without a token)
+        before it is accepted; False refuses it (a room's banned accounts)."""
 
     @property
     def subscriber_count(self) -> int:

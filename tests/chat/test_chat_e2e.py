@@ -3,9 +3,7 @@ chat and viewers tracks over moq-lite, moderation, bad input, downloads."""
 
 import contextlib
 import json
-import ssl
 import time
-import urllib.request
 
 import msgpack
 import pytest
@@ -48,6 +46,9 @@ async def test_viewers_chat_with_each_other_and_see_counts(running_server):
             with trio.fail_after(10):
                 while len(seen) < 2 or not reactions:
                     batch = msgpack.unpackb((await chat_track.frames.receive()).payload)
+                    # Server time is wall-clock Unix seconds, in batches and messages.
+                    assert abs(batch["t"] - time.time()) < 60
+                    assert all(abs(m["t"] - time.time()) < 60 for m in batch["messages"])
                     seen += [(m["name"], m["text"], m["reply_to"]) for m in batch["messages"]]
                     reactions.update(batch["reactions"])
             assert seen == [("alice", "hello bob 👋", None), ("bob", "hi alice! 🎉", first)]
@@ -70,7 +71,7 @@ async def test_viewers_chat_with_each_other_and_see_counts(running_server):
         assert [m["text"] for m in history["messages"]] == ["hello bob 👋", "hi alice! 🎉"]
 
 
-async def test_moderator_mute_takes_effect_at_once_and_viewers_cannot_moderate(running_server):
+async def test_moderator_mute_takes_effect_at_once_and_viewers_cannot_moderate(running_server, http_get):
     # Sessions close in reverse order, in this task (trio nurseries nest).
     async with contextlib.AsyncExitStack() as stack:
         started = running_server
@@ -85,12 +86,21 @@ async def test_moderator_mute_takes_effect_at_once_and_viewers_cannot_moderate(r
         assert muted["code"] == "muted" and muted["retry_after_s"] > 0
         room = started.app.interaction.rooms["demo"]
         assert sent["id"] not in [m.id for m in room.history()]
-        assert [e.action for e in room.audit] == ["mute"]
+        before = time.time()
         # A ban ends the banned viewer's chat session.
         assert (await host.request(type="ban", account="spammer"))["type"] == "ok"
         with trio.fail_after(10):
             await viewer.session.wait_closed()
         assert "banned" in viewer.session.close_reason
+        # Every action is in the audit log, with wall-clock times, for moderators only.
+        status, body = await http_get(started, "/api/v1/rooms/demo/chat/audit", token(started, "host", "the-host"))
+        assert status == 200
+        entries = json.loads(body)["entries"]
+        assert [(e["actor"], e["action"], e["target"]) for e in entries] == [
+            ("the-host", "mute", "spammer"), ("the-host", "ban", "spammer")]
+        assert all(before - 60 <= e["t"] <= time.time() for e in entries)
+        status, body = await http_get(started, "/api/v1/rooms/demo/chat/audit", token(started, "viewer", "v"))
+        assert status == 403
 
 
 @pytest.mark.parametrize("payload, field", [
@@ -123,36 +133,56 @@ async def test_chat_needs_a_token_for_the_room(running_server):
             assert s.close_code == 6
 
 
-async def test_owner_downloads_the_chat_as_csv_and_json(running_server):
+async def test_owner_downloads_the_chat_as_csv_and_json(running_server, http_get):
     # Sessions close in reverse order, in this task (trio nurseries nest).
     async with contextlib.AsyncExitStack() as stack:
         started = running_server
         alice = await stack.enter_async_context(open_chat(started, token(started, "viewer", "alice")))
+        before = time.time()
         await alice.request(type="message", text='quotes "and", commas')
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-
-        def get(path: str, tok: str | None) -> tuple[int, bytes]:
-            request = urllib.request.Request(f"https://127.0.0.1:{started.port}{path}")
-            if tok:
-                request.add_header("Authorization", f"Bearer {tok}")
-            try:
-                with urllib.request.urlopen(request, context=context, timeout=10) as response:
-                    return response.status, response.read()
-            except urllib.error.HTTPError as error:
-                return error.code, error.read()
-
         host = token(started, "host", "the-host")
-        status, body = await trio.to_thread.run_sync(get, "/api/v1/rooms/demo/chat", host)
+        status, body = await http_get(started, "/api/v1/rooms/demo/chat", host)
         assert status == 200
-        assert [m["text"] for m in json.loads(body)["messages"]] == ['quotes "and", commas']
-        status, body = await trio.to_thread.run_sync(get, "/api/v1/rooms/demo/chat?format=csv", host)
+        messages = json.loads(body)["messages"]
+        assert [m["text"] for m in messages] == ['quotes "and", commas']
+        assert before <= messages[0]["t"] <= time.time()  # wall-clock Unix seconds
+        status, body = await http_get(started, "/api/v1/rooms/demo/chat?format=csv", host)
         assert status == 200 and body.decode().splitlines()[1].endswith('"quotes ""and"", commas"')
-        status, body = await trio.to_thread.run_sync(get, "/api/v1/rooms/demo/chat", token(started, "viewer", "v"))
+        status, body = await http_get(started, "/api/v1/rooms/demo/chat", token(started, "viewer", "v"))
         assert status == 403
-        status, body = await trio.to_thread.run_sync(get, "/api/v1/rooms/demo/viewers", None)
+        status, body = await http_get(started, "/api/v1/rooms/demo/viewers", None)
         assert status == 200 and set(json.loads(body)) == {"room_id", "concurrent", "unique", "peak"}
 
 
 
+
+
+async def test_a_ban_ends_the_banned_accounts_chat_track_subscription(server_factory):
+    started = await server_factory({"chat": {"group_ms": 100}})
+    sha = started.app.certificate.sha256_hex
+    moq_url = f"https://127.0.0.1:{started.port}/moq"
+    async with contextlib.AsyncExitStack() as stack:
+        host = await stack.enter_async_context(open_chat(started, token(started, "host", "the-host")))
+        troll = await stack.enter_async_context(
+            connect(moq_url, token=token(started, "viewer", "troll"), certificate_sha256=sha))
+        other = await stack.enter_async_context(
+            connect(moq_url, token=token(started, "viewer", "fine"), certificate_sha256=sha))
+        troll_chat = await troll.subscribe("demo", "chat")
+        other_chat = await other.subscribe("demo", "chat")
+        with trio.fail_after(10):
+            await troll_chat.accepted.wait()
+            await other_chat.accepted.wait()
+        assert (await host.request(type="ban", account="troll"))["type"] == "ok"
+        # At the chat track's next group the banned account's subscription ends.
+        with trio.fail_after(20):
+            while not troll_chat.ended.is_set():
+                assert (await host.request(type="message", text="carry on"))["type"] == "ok"
+                with trio.move_on_after(0.5):
+                    await troll_chat.ended.wait()
+        assert troll_chat.end_code == 6  # UNAUTHORIZED
+        assert not other_chat.ended.is_set()
+        # And it may not subscribe again while banned.
+        again = await troll.subscribe("demo", "chat")
+        with trio.fail_after(10):
+            await again.ended.wait()
+        assert again.end_code == 6

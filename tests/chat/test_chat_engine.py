@@ -148,13 +148,13 @@ def test_viewers_cannot_moderate():
         with pytest.raises(ChatError) as info:
             action()
         assert info.value.code == "forbidden"
-    assert room.audit == []
+    assert list(room.audit) == []
 
 
 def test_reactions_are_counted_per_interval_never_one_by_one():
     room = ChatRoom("r")
-    for _ in range(500):
-        room.react(BOB, "heart", now_s=0.0)
+    for i in range(500):  # 500 viewers, each within their own reaction bucket
+        room.react(Author(f"v{i}", f"V{i}"), "heart", now_s=0.0)
     room.react(ALICE, "like", now_s=0.0)
     batch = room.tick(now_s=0.1)
     assert batch.messages == [] and batch.reactions == {"heart": 500, "like": 1}
@@ -164,6 +164,26 @@ def test_reactions_are_counted_per_interval_never_one_by_one():
     with pytest.raises(ChatError) as info:
         room.react(BOB, "poop", now_s=1)
     assert info.value.field == "kind"
+
+
+def test_reactions_have_a_token_bucket_and_the_silenced_may_not_react():
+    room = ChatRoom("r", ChatLimits(reaction_bucket_capacity=3, reaction_refill_per_s=2))
+    for _ in range(3):
+        room.react(BOB, "heart", now_s=0.0)
+    with pytest.raises(ChatError) as info:
+        room.react(BOB, "heart", now_s=0.1)
+    assert info.value.code == "rate_limited" and info.value.retry_after_s == pytest.approx(0.4)
+    room.react(BOB, "heart", now_s=0.6)  # one earned back
+    room.react(ALICE, "like", now_s=0.1)  # others unaffected
+    room.mute(MOD, BOB.account_id, 60, now_s=1.0)
+    with pytest.raises(ChatError) as info:
+        room.react(BOB, "heart", now_s=5.0)
+    assert info.value.code == "muted"
+    room.ban(MOD, ALICE.account_id, now_s=1.0)
+    with pytest.raises(ChatError) as info:
+        room.react(ALICE, "like", now_s=5.0)
+    assert info.value.code == "banned"
+    assert room.tick(now_s=6.0).reactions == {"heart": 4, "like": 1}
 
 
 def test_history_keeps_the_last_n():
