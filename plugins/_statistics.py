@@ -468,7 +468,7 @@ class StatisticsPlugin:
             interaction = self.app.interaction
             seen = dict(await self.db.read(lambda c: c.execute(
                 "SELECT room_id, message_id FROM stat_chat_seen").fetchall()))
-            now_trio, now = trio.current_time(), self.clock()
+            now = self.clock()
             for room_id, room in list(interaction.rooms.items()):
                 last = seen.get(room_id, 0)
                 held = self._held.setdefault(room_id, set())
@@ -482,7 +482,7 @@ class StatisticsPlugin:
                         continue
                     held.discard(m.id)
                     if status in SHOWN_CHAT:
-                        rows.append(EventRow(now - (now_trio - m.server_time_s), "chat",
+                        rows.append(EventRow(m.server_time_s, "chat",
                                              viewer_identity(f"account:{m.author_id}")))
                 # A held message that left the transcript (its bound) was never shown.
                 held &= {m.id for m, _ in transcript}

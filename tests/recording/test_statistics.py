@@ -61,8 +61,9 @@ async def test_a_scripted_session_gives_the_statistics_computed_by_hand(api_serv
         await plugins.notify("shopcast_viewer_left", room_id=room_id, subject=f"account:{who}", replay=replay)
 
     async def say(who: str, text: str) -> None:
+        # Chat stamps messages with wall-clock time: here the test's clock.
         chat.handle(Author(who, who, Role.VIEWER, registered=True), {"type": "message", "text": text},
-                    now_s=trio.current_time(), media_timestamp_us=0)
+                    now_s=clock.now, media_timestamp_us=0)
         await stats.poll_chat()  # read at this (fake) time
 
     async def event(**body) -> None:
@@ -211,21 +212,21 @@ async def test_held_chat_counts_once_approved_and_replay_page_events_count_apart
     room_id, broadcast = await _live_room(api, rooms_api, clock, host)
     chat = app.interaction.room(room_id)
     moderator = Author("hana", "Hana", Role.HOST, registered=True)
-    chat.set_mode(moderator, now_s=trio.current_time(), hold_for_review=True)
-    chat.set_blocklist(moderator, ["spam"], now_s=trio.current_time())  # flagged: held for review
+    chat.set_mode(moderator, now_s=clock.now, hold_for_review=True)
+    chat.set_blocklist(moderator, ["spam"], now_s=clock.now)  # flagged: held for review
 
     def say(who: str, text: str) -> dict:
         return chat.handle(Author(who, who, Role.VIEWER, registered=True), {"type": "message", "text": text},
-                           now_s=trio.current_time(), media_timestamp_us=0)
+                           now_s=clock.now, media_timestamp_us=0)
 
     for who in ("A", "B", "C"):
         assert say(who, f"spam? question from {who}")["type"] == "held"
     await stats.poll_chat()  # all three held: none shown yet
     first, second, _ = [m.id for m in chat.held()]
-    chat.approve(moderator, first, now_s=trio.current_time())
-    chat.reject(moderator, second, now_s=trio.current_time())
+    chat.approve(moderator, first, now_s=clock.now)
+    chat.reject(moderator, second, now_s=clock.now)
     await stats.poll_chat()
-    chat.set_mode(moderator, now_s=trio.current_time(), hold_for_review=False)
+    chat.set_mode(moderator, now_s=clock.now, hold_for_review=False)
     assert say("D", "shown at once")["type"] == "ok"
     events = f"/api/v1/rooms/{room_id}/events"
 
