@@ -539,6 +539,13 @@ class MoqConnection:
             return f"account:{claims.subject}"
         return f"address:{self.session.remote_address[0]}"
 
+    def _is_staff(self, broadcast: Broadcast) -> bool:
+        """A host, operator or service token for the room: the host console watching its
+        own room, a moderator, a platform's monitor; not its audience, so not counted."""
+        claims = self.session.claims
+        return (claims is not None and claims.role in ("host", "operator", "service")
+                and claims.allows_room(broadcast.name))
+
     def _may_watch(self, broadcast: Broadcast) -> bool:
         if self.role is Role.CLIENT or not broadcast.private:
             return True
@@ -579,7 +586,7 @@ class MoqConnection:
                 self.stats.refused_unauthorized += 1
                 self.moq.reject_subscribe(event.stream_id, ErrorCode.UNAUTHORIZED)
                 return
-        if broadcast.viewers.joined(self, self._identity()):
+        if not self._is_staff(broadcast) and broadcast.viewers.joined(self, self._identity()):
             self._watching.add(broadcast)
             self.server.on_viewer(broadcast, True, self._identity())
         kind = _Subscription if track.end_subscribers_past_bytes is None else _EndWhenBehindSubscription

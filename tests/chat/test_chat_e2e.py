@@ -59,12 +59,20 @@ async def test_viewers_chat_with_each_other_and_see_counts(running_server):
                 while counts["concurrent"] < 1:
                     counts = msgpack.unpackb((await viewers_track.frames.receive()).payload)
             before = counts["concurrent"]
+            # The host's console watching its own room is not audience: not counted. (Its
+            # subscribe is answered before the third viewer's, so the count below is exact.)
+            async with connect(f"https://127.0.0.1:{started.port}/moq", token=token(started, "host", "the-host"),
+                               certificate_sha256=sha) as console:
+                host_chat = await console.subscribe("demo", "chat")
+                await host_chat.accepted.wait()
+                assert started.app.relay.broadcasts["demo"].viewers.snapshot()["concurrent"] == before
             async with connect(f"https://127.0.0.1:{started.port}/moq", certificate_sha256=sha) as third:
                 await third.subscribe("demo", "video")
                 with trio.fail_after(10):
                     while counts["concurrent"] <= before:
                         counts = msgpack.unpackb((await viewers_track.frames.receive()).payload)
                 assert counts["peak"] >= before + 1
+                assert counts["concurrent"] == before + 1
         # A late joiner gets the history.
         carol = await stack.enter_async_context(open_chat(started, token(started, "viewer", "carol")))
         history = {"messages": carol.history}

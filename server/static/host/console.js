@@ -578,10 +578,9 @@ async function refresh(roomId) {
   await loadProducts(roomId);
   ensureChat();
   const figures = state.figures;
-  // This console's own chat-track subscription is one of the sessions the relay counts.
-  const own = state.unsubscribeChat ? 1 : 0;
-  figures.viewers = viewers.ok ? Math.max(0, viewers.data.concurrent - own) : null;
-  figures.peak = viewers.ok ? Math.max(0, viewers.data.peak - own) : null;
+  // The console's own session holds the room's host token, which the relay does not count.
+  figures.viewers = viewers.ok ? viewers.data.concurrent : null;
+  figures.peak = viewers.ok ? viewers.data.peak : null;
   $("fig-viewers").textContent = figures.viewers ?? "–";
   $("fig-peak").textContent = figures.peak ?? "–";
   const now = performance.now();
