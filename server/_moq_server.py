@@ -208,12 +208,10 @@ class _EndWhenBehindSubscription(_Subscription):
         if self.ended:
             track.unsubscribe(self)
             return
-        if track.may_subscribe is not None:
-            claims = self.connection.session.claims
-            if not track.may_subscribe(track, claims.subject if claims is not None else None):
-                self._end(ErrorCode.UNAUTHORIZED)
-                track.unsubscribe(self)
-                return
+        if not self.connection.may_subscribe(track):
+            self._end(ErrorCode.UNAUTHORIZED)
+            track.unsubscribe(self)
+            return
         if not self._end_if_behind():
             super().group_started(track, group)
             stream = self._open.get(group.sequence)
@@ -539,6 +537,14 @@ class MoqConnection:
             return f"account:{claims.subject}"
         return f"address:{self.session.remote_address[0]}"
 
+    def may_subscribe(self, track: Track) -> bool:
+        """The track's own admission check (a room's chat refuses banned accounts), asked
+        with this session's token subject; True for tracks without one."""
+        if track.may_subscribe is None:
+            return True
+        claims = self.session.claims
+        return track.may_subscribe(track, claims.subject if claims is not None else None)
+
     def _is_staff(self, broadcast: Broadcast) -> bool:
         """A host, operator or service token for the room: the host console watching its
         own room, a moderator, a platform's monitor; not its audience, so not counted."""
@@ -580,12 +586,10 @@ class MoqConnection:
             self.moq.reject_subscribe(event.stream_id, ErrorCode.UNAUTHORIZED)
             return
         track = broadcast.tracks[event.track]
-        if track.may_subscribe is not None:
-            claims = self.session.claims
-            if not track.may_subscribe(track, claims.subject if claims is not None else None):
-                self.stats.refused_unauthorized += 1
-                self.moq.reject_subscribe(event.stream_id, ErrorCode.UNAUTHORIZED)
-                return
+        if not self.may_subscribe(track):
+            self.stats.refused_unauthorized += 1
+            self.moq.reject_subscribe(event.stream_id, ErrorCode.UNAUTHORIZED)
+            return
         if not self._is_staff(broadcast) and broadcast.viewers.joined(self, self._identity()):
             self._watching.add(broadcast)
             self.server.on_viewer(broadcast, True, self._identity())

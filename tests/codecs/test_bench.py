@@ -122,3 +122,13 @@ def test_the_chart_puts_costs_and_delays_apart_from_throughputs():
     assert lower_is_better(Record("commerce", "flash-sale/latency-p99", 90.0, "ms", "h", 3.0))
     assert not lower_is_better(Record("micro", "packetize/x/numba", 25.0, "Gbit/s", "c", 0.5))
     assert not lower_is_better(Record("commerce", "flash-sale/rate", 300.0, "orders/s", "h", 0.3))
+
+
+@pytest.mark.parametrize("flags, field", [(["--subscribers", "0"], "--subscribers"),
+                                          (["--bitrate-mbps", "-1"], "--bitrate-mbps"),
+                                          (["--suite", "nope"], "--suite")])
+def test_bad_flags_are_refused_naming_the_flag(flags, field, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        shopcast_main(["bench", *flags])
+    assert exit_.value.code == 2
+    assert field in capsys.readouterr().err
