@@ -7,6 +7,7 @@ import { MoqSession } from "./moq.js";
 import { CameraPublisher } from "./capture.js";
 import { money as formatMoney } from "../lib/money.js";
 import * as msgpack from "../lib/msgpack.js";
+import { downloadFile } from "../lib/api.js";
 
 const TOKEN_KEY = "shopcast.token";
 // The server's [host_console] section (conf/default.toml) with the paths and bounds of the
@@ -243,31 +244,18 @@ function renderLinks(room) {
   $("link-replay-item").hidden = room.state !== "ended";
 }
 
-/** GET path with the Bearer token (a plain link cannot send it) and save the body as a file. */
+/** Save what ``path`` answers as ``filename``: the account's token, then, for a route that
+ * wants a token minted for this room, the room's host token from its setup. */
 async function download(path, filename) {
   clearError();
   say("downloading");
-  const get = (token) => fetch(path, { headers: token ? { authorization: `Bearer ${token}` } : {} });
-  let response = await get(localStorage.getItem(TOKEN_KEY));
-  // A route that wants a token minted for this room (not the account's) takes the room's
-  // host token from its setup.
-  if (response.status === 403 && roomToken()) response = await get(roomToken());
-  if (!response.ok) {
-    let error = {};
-    try { error = (await response.json()).error || {}; } catch { /* not JSON */ }
-    return fail({ message: error.message || `HTTP ${response.status}`, field: error.field });
+  try {
+    const blob = await downloadFile(path, filename, [localStorage.getItem(TOKEN_KEY), roomToken]);
+    state.lastDownload = { path, filename, size: blob.size, type: blob.type };
+    say("downloaded");
+  } catch (error) {
+    fail({ message: error.message, field: error.field });
   }
-  const blob = await response.blob();
-  const url = URL.createObjectURL(blob);
-  const link = document.createElement("a");
-  link.href = url;
-  link.download = filename;
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 60_000);
-  state.lastDownload = { path, filename, size: blob.size, type: blob.type };
-  say("downloaded");
 }
 
 $("download-mp4").addEventListener("click", () =>

@@ -52,6 +52,37 @@ export async function apiOptional(method, path, body, headers) {
   }
 }
 
+/** Save ``blob`` as a file called ``filename`` (the browser's download). */
+export function saveBlob(blob, filename) {
+  const link = el("a", { href: URL.createObjectURL(blob), download: filename });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+}
+
+/** GET ``path`` with each Bearer token of ``bearers`` in turn (a string, or a function giving
+ * one, asked only when the ones before were refused with 403) and save the answer as
+ * ``filename``: a plain link cannot send a token. Returns the Blob; throws ApiError. */
+export async function downloadFile(path, filename, bearers) {
+  let response = null;
+  for (const source of bearers) {
+    const bearer = typeof source === "function" ? await source() : source;
+    if (!bearer) continue;
+    response = await fetch(path, { headers: { authorization: `Bearer ${bearer}` } });
+    if (response.status !== 403) break;
+  }
+  if (!response) response = await fetch(path);
+  if (!response.ok) {
+    let body = null;
+    try { body = await response.json(); } catch { /* not JSON */ }
+    throw new ApiError(response.status, body);
+  }
+  const blob = await response.blob();
+  saveBlob(blob, filename);
+  return blob;
+}
+
 /** A random id for this browser, so that statistics count an anonymous viewer once. */
 export function viewerId() {
   let id = storage.getItem("shopcast.viewer");

@@ -2,7 +2,7 @@
 // labelled and formatted in the page's language, the timeline as a chart (chart.svg) and a
 // table, and downloads (JSON, CSV, chart; the recording MP4 and the chat CSV), each fetched with
 // the Bearer token and saved from a blob.
-import { ApiError, api, el, frame, message, money, token, when } from "../lib/api.js";
+import { ApiError, api, downloadFile, el, frame, message, money, saveBlob, token, when } from "../lib/api.js";
 import { currentLanguage, t } from "../lib/i18n.js";
 
 const roomId = decodeURIComponent(location.pathname.split("/")[2] || "");
@@ -90,33 +90,14 @@ function roomToken() {
   return roomTokenPromise;
 }
 
-/** GET ``path`` with the Bearer token (again with the room's host token when refused) and save
- * the answer as ``filename``; errors shown. */
+/** Save what ``path`` answers as ``filename`` (the account's token, then the room's host token
+ * when refused); errors shown beside ``button``. */
 async function download(path, filename, button) {
   const note = button.nextElementSibling;
   note.textContent = "";
   try {
-    const get = (bearer) => fetch(path, { headers: { authorization: `Bearer ${bearer}` } });
-    let response = await get(token());
-    if (response.status === 403) {
-      const again = await roomToken();
-      if (again) response = await get(again);
-    }
-    if (!response.ok) {
-      let text = `HTTP ${response.status}`;
-      try { text = (await response.json()).error?.message || text; } catch { /* not JSON */ }
-      throw new Error(text);
-    }
-    saveBlob(await response.blob(), filename);
+    await downloadFile(path, filename, [token(), roomToken]);
   } catch (e) { note.textContent = `${t("error")}: ${e.message}`; note.className = "error"; }
-}
-
-function saveBlob(blob, filename) {
-  const link = el("a", { href: URL.createObjectURL(blob), download: filename });
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
 }
 
 function downloadButton(id, label, action) {
