@@ -49,8 +49,11 @@ async def test_replay_page_plays_an_ended_broadcast_and_seeks(web_server, run_br
         await page.get_by_label("Seek (seconds)").fill(str(SEEK_S))
         await page.get_by_role("button", name="Go").click()
         # The first frame the new player draws.
+        # Decoded is not yet drawn: wait until the new player has a frame's timestamp too.
         await page.wait_for_function("() => window.shopcast.playerStarts === 2 && "
-                                     "window.shopcast.stats().framesDecoded > 0", timeout=PLAY_TIMEOUT_MS)
+                                     "window.shopcast.stats().framesDecoded > 0 && "
+                                     "window.shopcast.stats().frameTimestampMs !== null",
+                                     timeout=PLAY_TIMEOUT_MS)
         first_after = await page.evaluate("() => window.shopcast.stats().frameTimestampMs")
         seek_took_ms = (time.monotonic() - seek_started) * 1000
         await page.screenshot(path=str(artifacts / "replay-seeked.png"))
